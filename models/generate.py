@@ -1,0 +1,671 @@
+#!/usr/bin/env python3
+"""Generate the example model repository used by contender's tests and demos.
+
+What it makes (all paths relative to the repository root):
+
+    models/breast_cancer/1/  logistic regression on standardised features
+    models/breast_cancer/2/  gradient-boosted trees (100 estimators)
+    models/breast_cancer/3/  deliberately weak model: logistic regression on
+                             `mean radius` only (the ONNX input is still the full
+                             30-column matrix); a clearly worse model, there so
+                             promotion of a better challenger can be tested
+    models/diabetes/1/       ridge regression on standardised features
+    models/dtypes/1/         hand-built ONNX graph with one input/output pair per
+                             tensor datatype (FP32, FP64, INT32, INT64, BOOL, UINT8)
+
+Every model directory holds `model.onnx` and `model.toml` (description, task,
+labels, tags, created, feature_names, [lineage], [metrics]); the trained models
+also hold `expected.json`, the outputs of the ONNX file under Python
+onnxruntime (single-threaded) on the held-out rows in `models/_data/*.json`.
+`models/README.md` describes the layout; the script refreshes the metrics table
+between its `<!-- metrics:begin -->` / `<!-- metrics:end -->` markers.
+
+The data sets ship inside scikit-learn, so nothing is downloaded except the
+Python packages. Split: train_test_split(test_size=0.25, random_state=42,
+stratify=y for classification); models are fitted on the training part only and
+every metric is computed on the held-out part from the ONNX model's outputs.
+
+How to run (from anywhere):
+
+    python3 models/generate.py
+
+If the pinned packages (PINS below) are not importable at exactly those versions,
+the script creates a virtual environment at `<repo>/.cache/models-venv`
+(gitignored), pip-installs PINS into it and re-executes itself with that
+environment's interpreter. Set CONTENDER_MODELS_NO_BOOTSTRAP=1 to skip that and
+use the current interpreter as it is.
+
+Output is reproducible: `created` is taken from SOURCE_DATE_EPOCH when set, else
+the constant DEFAULT_CREATED; all training is seeded, and files whose content
+did not change are not rewritten. Running the script twice leaves the tree
+unchanged. Note that `training_code_revision` is the sha256 of this file, so
+editing the script changes every model.toml.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# ----------------------------------------------------------------------------
+# Bootstrap
+# ----------------------------------------------------------------------------
+
+# Direct dependencies first, then everything pip resolved for them, so the
+# environment is fully pinned.
+PINS = {
+    "numpy": "2.4.6",
+    "scipy": "1.17.1",
+    "scikit-learn": "1.9.1",
+    "skl2onnx": "1.20.0",
+    "onnx": "1.23.2",
+    "onnxruntime": "1.31.1",
+    # transitive
+    "joblib": "1.6.0",
+    "threadpoolctl": "3.8.0",
+    "narwhals": "2.29.0",
+    "cloudpickle": "3.1.3",
+    "protobuf": "7.36.2",
+    "ml_dtypes": "0.6.0",
+    "typing_extensions": "4.16.0",
+    "flatbuffers": "25.12.19",
+    "packaging": "26.4",
+}
+IMPORTS = ("numpy", "scipy", "sklearn", "skl2onnx", "onnx", "onnxruntime")
+
+MODELS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = MODELS_DIR.parent
+VENV_DIR = REPO_ROOT / ".cache" / "models-venv"
+_BOOT_ENV = "CONTENDER_MODELS_BOOTSTRAPPED"
+
+
+def _missing_pins() -> list[str]:
+    """Pinned distributions that are absent or at another version."""
+    from importlib import metadata
+
+    bad = []
+    for dist, want in PINS.items():
+        try:
+            have = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            have = None
+        if have != want:
+            bad.append(f"{dist}=={want} (have {have or 'nothing'})")
+    for mod in IMPORTS:
+        try:
+            __import__(mod)
+        except Exception as e:  # noqa: BLE001 - any import failure counts
+            bad.append(f"import {mod} failed: {e}")
+    return bad
+
+
+def _venv_python() -> Path:
+    if os.name == "nt":
+        return VENV_DIR / "Scripts" / "python.exe"
+    return VENV_DIR / "bin" / "python"
+
+
+def bootstrap() -> None:
+    if os.environ.get("CONTENDER_MODELS_NO_BOOTSTRAP"):
+        return
+    missing = _missing_pins()
+    if not missing:
+        return
+    if os.environ.get(_BOOT_ENV):
+        sys.exit("generate.py: still missing after bootstrap:\n  " + "\n  ".join(missing))
+    py = _venv_python()
+    if not py.exists():
+        print(f"bootstrap: creating virtual environment {VENV_DIR}", file=sys.stderr)
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV_DIR)])
+    check = subprocess.run([str(py), __file__, "--check-deps"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if check.returncode != 0:
+        print("bootstrap: installing pinned packages into the venv", file=sys.stderr)
+        subprocess.check_call([str(py), "-m", "pip", "install", "--quiet",
+                               "--disable-pip-version-check",
+                               *[f"{d}=={v}" for d, v in PINS.items()]])
+    env = dict(os.environ)
+    env[_BOOT_ENV] = "1"
+    args = [str(py), str(Path(__file__).resolve()), *sys.argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "nt":  # no real exec on Windows
+        sys.exit(subprocess.call(args, env=env))
+    os.execve(str(py), args, env)
+
+
+# ----------------------------------------------------------------------------
+# Constants for the generated artefacts
+# ----------------------------------------------------------------------------
+
+DEFAULT_CREATED = "2026-11-28T00:00:00Z"
+TEST_SIZE = 0.25
+RANDOM_STATE = 42
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}  # ONNX IR 8; onnxruntime 1.31 accepts it
+DTYPES_OPSET = 17
+DTYPES_IR_VERSION = 8
+TRAINING_CODE = "models/generate.py"
+# Version 3 must trail versions 1 and 2 by at least this much held-out accuracy.
+WEAK_MARGIN = 0.05
+
+_changed: list[str] = []
+_unchanged: list[str] = []
+
+
+def created_timestamp() -> str:
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde:
+        t = _dt.datetime.fromtimestamp(int(sde), tz=_dt.timezone.utc)
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return DEFAULT_CREATED
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    rel = path.relative_to(REPO_ROOT).as_posix()
+    if path.exists() and path.read_bytes() == data:
+        _unchanged.append(rel)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    _changed.append(rel)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# Formatting helpers (JSON with one row per line, hand-written TOML)
+# ----------------------------------------------------------------------------
+
+def f32_repr(v) -> str:
+    """repr of the float32-rounded value as a Python float (exact in f64)."""
+    import numpy as np
+
+    x = float(np.float32(v))
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"non-finite value {v!r} cannot be written to JSON")
+    return repr(x)
+
+
+def json_row(values, fmt) -> str:
+    return "[" + ", ".join(fmt(v) for v in values) + "]"
+
+
+def json_document(fields: list[tuple[str, str]]) -> bytes:
+    """fields: (key, already-serialised JSON value); keeps the given order."""
+    parts = [f"  {json.dumps(k)}: {v}" for k, v in fields]
+    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
+
+
+def json_matrix(rows: list[str]) -> str:
+    if not rows:
+        return "[]"
+    return "[\n    " + ",\n    ".join(rows) + "\n  ]"
+
+
+def toml_str(s: str) -> str:
+    # A JSON string with ASCII escapes is a valid TOML basic string.
+    return json.dumps(s, ensure_ascii=True)
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return toml_str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.6f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"unsupported TOML value {v!r}")
+
+
+def toml_document(top: dict, tables: dict[str, dict]) -> bytes:
+    lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
+    for name, table in tables.items():
+        lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+    text = "\n".join(lines) + "\n"
+    import tomllib  # stdlib since 3.11: check that what we wrote parses back
+
+    parsed = tomllib.loads(text)
+    assert set(parsed) == set(top) | set(tables), parsed.keys()
+    return text.encode()
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+class Split:
+    def __init__(self, loader: str, stratify: bool, classification: bool):
+        import numpy as np
+        import sklearn.datasets
+        from sklearn.model_selection import train_test_split
+
+        ds = getattr(sklearn.datasets, loader)()
+        X, y = ds.data, ds.target
+        X_tr, X_te, y_tr, y_te = train_test_split(
+            X, y, test_size=TEST_SIZE, random_state=RANDOM_STATE,
+            stratify=y if stratify else None)
+        self.loader = loader
+        self.feature_names = [str(n) for n in ds.feature_names]
+        self.target_names = [str(n) for n in getattr(ds, "target_names", [])]
+        self.X_train, self.y_train = X_tr, y_tr
+        self.X_test, self.y_test = X_te, y_te
+        # The gateway receives float32 features; evaluate on exactly those.
+        self.X_test32 = np.ascontiguousarray(X_te.astype(np.float32))
+        y_dtype = "<i8" if classification else "<f8"
+        self.y_bytes_dtype = y_dtype
+        self.train_sha256 = sha256_hex(
+            np.ascontiguousarray(X_tr.astype("<f4")).tobytes(order="C")
+            + np.ascontiguousarray(y_tr.astype(y_dtype)).tobytes(order="C"))
+        split = f"test_size={TEST_SIZE},random_state={RANDOM_STATE}"
+        if stratify:
+            split += ",stratify"
+        self.uri = f"sklearn.datasets.{loader}#train({split})"
+
+
+def write_holdout(split: Split, name: str, classification: bool) -> str:
+    import numpy as np
+
+    rows = [json_row(r, f32_repr) for r in split.X_test32]
+    if classification:
+        labels = "[" + ", ".join(str(int(v)) for v in split.y_test) + "]"
+    else:
+        labels = "[" + ", ".join(repr(float(v)) for v in split.y_test) + "]"
+    doc = json_document([
+        ("feature_names", json.dumps(split.feature_names)),
+        ("features", json_matrix(rows)),
+        ("labels", labels),
+    ])
+    # Verify: parse as f64 (what serde_json does), cast to f32, compare bits.
+    back = json.loads(doc)
+    feats = np.asarray(back["features"], dtype=np.float64).astype(np.float32)
+    assert feats.shape == split.X_test32.shape
+    assert np.array_equal(feats.view(np.uint32), split.X_test32.view(np.uint32)), \
+        "holdout features do not round-trip to the same float32 bits"
+    assert back["feature_names"] == split.feature_names
+    if classification:
+        assert back["labels"] == [int(v) for v in split.y_test]
+    else:
+        assert np.array_equal(np.asarray(back["labels"]), split.y_test)
+    rel = f"_data/{name}_holdout.json"
+    write_if_changed(MODELS_DIR / rel, doc)
+    return rel
+
+
+# ----------------------------------------------------------------------------
+# ONNX helpers
+# ----------------------------------------------------------------------------
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=so,
+                                providers=["CPUExecutionProvider"])
+
+
+def check_io(model, inputs: dict, outputs: dict) -> None:
+    """inputs/outputs: name -> (elem_type, [dims]) with None for a free dim."""
+    import onnx
+
+    def describe(vi):
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        return tt.elem_type, dims
+
+    got_in = {vi.name: describe(vi) for vi in model.graph.input}
+    got_out = {vi.name: describe(vi) for vi in model.graph.output}
+    for want, got, what in ((inputs, got_in, "inputs"), (outputs, got_out, "outputs")):
+        if list(want) != list(got):
+            raise AssertionError(f"{what}: want {list(want)}, got {list(got)}")
+        for k, v in want.items():
+            if got[k] != v:
+                raise AssertionError(
+                    f"{what} {k}: want {onnx.TensorProto.DataType.Name(v[0])} {v[1]}, "
+                    f"got {onnx.TensorProto.DataType.Name(got[k][0])} {got[k][1]}")
+
+
+def to_onnx(estimator, n_features: int, final_types, graph_name: str) -> bytes:
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    options = {id(final): {"zipmap": False}} if hasattr(final, "predict_proba") else None
+    model = convert_sklearn(
+        estimator,
+        initial_types=[("input", FloatTensorType([None, n_features]))],
+        final_types=final_types,
+        options=options,
+        target_opset=TARGET_OPSET,
+    )
+    # skl2onnx names the graph with a random UUID: fix it so output is reproducible ...
+    model.graph.name = graph_name
+    # ... and emits opset_import in set (hash-randomised) order: sort it by domain.
+    opsets = sorted(((o.domain, o.version) for o in model.opset_import))
+    del model.opset_import[:]
+    for domain, version in opsets:
+        model.opset_import.add(domain=domain, version=version)
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+# ----------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------
+
+def versions() -> str:
+    import sklearn
+    import skl2onnx
+
+    return f"scikit-learn {sklearn.__version__} / skl2onnx {skl2onnx.__version__}"
+
+
+def train_classifiers(split: Split, holdout_rel: str, code_rev: str, created: str) -> dict:
+    import numpy as np
+    import onnx
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import (accuracy_score, brier_score_loss, f1_score,
+                                 log_loss, roc_auc_score)
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
+
+    n = len(split.feature_names)
+    radius = split.feature_names.index("mean radius")
+    candidates = {
+        1: (Pipeline([("scale", StandardScaler()),
+                      ("logreg", LogisticRegression(max_iter=1000))]),
+            "Logistic regression (standardised features) on the Wisconsin breast "
+            "cancer data set"),
+        2: (GradientBoostingClassifier(n_estimators=100, random_state=0),
+            "Gradient-boosted decision trees (100 estimators) on the Wisconsin "
+            "breast cancer data set"),
+        3: (Pipeline([("select", ColumnTransformer([("mean_radius", StandardScaler(),
+                                                     [radius])], remainder="drop")),
+                      ("logreg", LogisticRegression(max_iter=1000))]),
+            "Deliberately weak baseline: logistic regression on `mean radius` only "
+            "(input is still all 30 features) on the Wisconsin breast cancer data set"),
+    }
+    final_types = [("label", Int64TensorType([None])),
+                   ("probabilities", FloatTensorType([None, 2]))]
+    metrics = {}
+    for version, (est, description) in candidates.items():
+        est.fit(split.X_train, split.y_train)
+        data = to_onnx(est, n, final_types, f"breast_cancer_{version}")
+        check_io(onnx.load_from_string(data),
+                 {"input": (onnx.TensorProto.FLOAT, [None, n])},
+                 {"label": (onnx.TensorProto.INT64, [None]),
+                  "probabilities": (onnx.TensorProto.FLOAT, [None, 2])})
+        vdir = MODELS_DIR / "breast_cancer" / str(version)
+        write_if_changed(vdir / "model.onnx", data)
+
+        label, proba = ort_session(vdir / "model.onnx").run(
+            ["label", "probabilities"], {"input": split.X_test32})
+        assert label.dtype == np.int64 and label.shape == (len(split.y_test),)
+        assert proba.dtype == np.float32 and proba.shape == (len(split.y_test), 2)
+        agree = float(np.mean(label == est.predict(split.X_test32)))
+        if agree < 0.99:
+            raise AssertionError(f"breast_cancer/{version}: ONNX and sklearn labels "
+                                 f"agree on only {agree:.3f} of the held-out rows")
+        y = split.y_test
+        p64 = proba.astype(np.float64)
+        # float32 rows need not sum to exactly 1 in float64; renormalise for log_loss.
+        p_norm = np.clip(p64, 1e-15, 1.0)
+        p_norm = p_norm / p_norm.sum(axis=1, keepdims=True)
+        m = {
+            "accuracy": float(accuracy_score(y, label)),
+            "f1": float(f1_score(y, label, average="macro")),
+            "log_loss": float(log_loss(y, p_norm, labels=[0, 1])),
+            "brier": float(brier_score_loss(y, p64[:, 1], pos_label=1)),
+            "roc_auc": float(roc_auc_score(y, p64[:, 1])),
+        }
+        metrics[f"breast_cancer/{version}"] = m
+
+        expected = json_document([
+            ("holdout", json.dumps(holdout_rel)),
+            ("label", "[" + ", ".join(str(int(v)) for v in label) + "]"),
+            ("probabilities", json_matrix([json_row(r, f32_repr) for r in proba])),
+        ])
+        back = json.loads(expected)
+        assert np.array_equal(np.asarray(back["probabilities"], dtype=np.float64)
+                              .astype(np.float32).view(np.uint32), proba.view(np.uint32))
+        write_if_changed(vdir / "expected.json", expected)
+
+        write_if_changed(vdir / "model.toml", toml_document(
+            {
+                "description": description,
+                "task": "classification",
+                "labels": split.target_names,
+                "tags": ["tabular", "scikit-learn"],
+                "created": created,
+                "feature_names": split.feature_names,
+            },
+            {
+                "lineage": {
+                    "training_data_uri": split.uri,
+                    "training_data_sha256": split.train_sha256,
+                    "training_code": TRAINING_CODE,
+                    "training_code_revision": code_rev,
+                    "framework": versions(),
+                },
+                "metrics": m,
+            }))
+
+    weak = metrics["breast_cancer/3"]["accuracy"]
+    best_other = min(metrics["breast_cancer/1"]["accuracy"],
+                     metrics["breast_cancer/2"]["accuracy"])
+    if weak > best_other - WEAK_MARGIN:
+        raise AssertionError(f"breast_cancer/3 accuracy {weak:.4f} is not clearly below "
+                             f"versions 1 and 2 ({best_other:.4f})")
+    return metrics
+
+
+def train_regressor(split: Split, holdout_rel: str, code_rev: str, created: str) -> dict:
+    import numpy as np
+    import onnx
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from skl2onnx.common.data_types import FloatTensorType
+
+    n = len(split.feature_names)
+    est = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=1.0))])
+    est.fit(split.X_train, split.y_train)
+    data = to_onnx(est, n, [("prediction", FloatTensorType([None, 1]))], "diabetes_1")
+    check_io(onnx.load_from_string(data),
+             {"input": (onnx.TensorProto.FLOAT, [None, n])},
+             {"prediction": (onnx.TensorProto.FLOAT, [None, 1])})
+    vdir = MODELS_DIR / "diabetes" / "1"
+    write_if_changed(vdir / "model.onnx", data)
+
+    (pred,) = ort_session(vdir / "model.onnx").run(["prediction"], {"input": split.X_test32})
+    assert pred.dtype == np.float32 and pred.shape == (len(split.y_test), 1)
+    sk = est.predict(split.X_test32)
+    assert np.allclose(pred[:, 0], sk, rtol=1e-4, atol=1e-3), "ONNX differs from sklearn"
+    y, p = split.y_test, pred[:, 0].astype(np.float64)
+    m = {
+        "mae": float(mean_absolute_error(y, p)),
+        "rmse": float(np.sqrt(mean_squared_error(y, p))),
+        "r2": float(r2_score(y, p)),
+    }
+    expected = json_document([
+        ("holdout", json.dumps(holdout_rel)),
+        ("prediction", json_matrix([json_row(r, f32_repr) for r in pred])),
+    ])
+    back = json.loads(expected)
+    assert np.array_equal(np.asarray(back["prediction"], dtype=np.float64)
+                          .astype(np.float32).view(np.uint32), pred.view(np.uint32))
+    write_if_changed(vdir / "expected.json", expected)
+    write_if_changed(vdir / "model.toml", toml_document(
+        {
+            "description": "Ridge regression (standardised features, alpha=1.0) on the "
+                           "diabetes progression data set",
+            "task": "regression",
+            "tags": ["tabular", "scikit-learn"],
+            "created": created,
+            "feature_names": split.feature_names,
+        },
+        {
+            "lineage": {
+                "training_data_uri": split.uri,
+                "training_data_sha256": split.train_sha256,
+                "training_code": TRAINING_CODE,
+                "training_code_revision": code_rev,
+                "framework": versions(),
+            },
+            "metrics": m,
+        }))
+    return {"diabetes/1": m}
+
+
+def build_dtypes(created: str) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    T = TensorProto
+    shape = ["batch", 3]
+    specs = [  # (suffix, elem type, op, constant or None)
+        ("fp32", T.FLOAT, "Mul", np.array(2.0, dtype=np.float32)),
+        ("fp64", T.DOUBLE, "Add", np.array(1.0, dtype=np.float64)),
+        ("i32", T.INT32, "Mul", np.array(3, dtype=np.int32)),
+        ("i64", T.INT64, "Sub", np.array(1, dtype=np.int64)),
+        ("bool", T.BOOL, "Not", None),
+        ("u8", T.UINT8, "Identity", None),
+    ]
+    inputs, outputs, nodes, inits = [], [], [], []
+    for suffix, et, op, const in specs:
+        x, y = f"x_{suffix}", f"y_{suffix}"
+        inputs.append(helper.make_tensor_value_info(x, et, shape))
+        outputs.append(helper.make_tensor_value_info(y, et, shape))
+        if const is None:
+            nodes.append(helper.make_node(op, [x], [y], name=f"{op.lower()}_{suffix}"))
+        else:
+            c = f"c_{suffix}"
+            inits.append(numpy_helper.from_array(const, name=c))
+            nodes.append(helper.make_node(op, [x, c], [y], name=f"{op.lower()}_{suffix}"))
+    graph = helper.make_graph(nodes, "dtypes", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, producer_name="contender-models-generate",
+                              opset_imports=[helper.make_opsetid("", DTYPES_OPSET)])
+    model.ir_version = DTYPES_IR_VERSION
+    model.doc_string = ("y_fp32 = x_fp32 * 2; y_fp64 = x_fp64 + 1; y_i32 = x_i32 * 3; "
+                        "y_i64 = x_i64 - 1; y_bool = not x_bool; y_u8 = x_u8")
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    vdir = MODELS_DIR / "dtypes" / "1"
+    write_if_changed(vdir / "model.onnx", data)
+
+    feeds = {
+        "x_fp32": np.array([[1.5, -2.0, 0.25], [0.0, 3.0, -0.5]], dtype=np.float32),
+        "x_fp64": np.array([[1.5, -2.0, 0.25], [0.0, 3.0, -0.5]], dtype=np.float64),
+        "x_i32": np.array([[1, -2, 3], [0, 7, -9]], dtype=np.int32),
+        "x_i64": np.array([[1, -2, 3], [0, 2**40, -9]], dtype=np.int64),
+        "x_bool": np.array([[True, False, True], [False, False, True]]),
+        "x_u8": np.array([[0, 127, 255], [1, 2, 3]], dtype=np.uint8),
+    }
+    want = {
+        "y_fp32": feeds["x_fp32"] * np.float32(2),
+        "y_fp64": feeds["x_fp64"] + 1.0,
+        "y_i32": feeds["x_i32"] * np.int32(3),
+        "y_i64": feeds["x_i64"] - 1,
+        "y_bool": ~feeds["x_bool"],
+        "y_u8": feeds["x_u8"],
+    }
+    sess = ort_session(vdir / "model.onnx")
+    got = dict(zip(want, sess.run(list(want), feeds)))
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v), (k, got[k], v)
+    # a different batch size works too
+    one = {k: v[:1] for k, v in feeds.items()}
+    assert sess.run(["y_fp32"], one)[0].shape == (1, 3)
+
+    write_if_changed(vdir / "model.toml", toml_document(
+        {
+            "description": "Hand-built ONNX graph exercising tensor datatypes: "
+                           + model.doc_string,
+            "tags": ["synthetic", "dtypes"],
+            "created": created,
+        }, {}))
+
+
+# ----------------------------------------------------------------------------
+# README metrics table
+# ----------------------------------------------------------------------------
+
+def update_readme(metrics: dict) -> None:
+    path = MODELS_DIR / "README.md"
+    begin, end = "<!-- metrics:begin -->", "<!-- metrics:end -->"
+    if not path.exists():
+        return
+    text = path.read_text()
+    if begin not in text or end not in text:
+        return
+    cls = ["accuracy", "f1", "log_loss", "brier", "roc_auc"]
+    reg = ["mae", "rmse", "r2"]
+    lines = ["| model | " + " | ".join(cls) + " |",
+             "|---|" + "---:|" * len(cls)]
+    for name, m in metrics.items():
+        if "accuracy" in m:
+            lines.append(f"| `{name}` | " + " | ".join(f"{m[k]:.4f}" for k in cls) + " |")
+    lines += ["", "| model | " + " | ".join(reg) + " |", "|---|" + "---:|" * len(reg)]
+    for name, m in metrics.items():
+        if "mae" in m:
+            lines.append(f"| `{name}` | " + " | ".join(f"{m[k]:.4f}" for k in reg) + " |")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = head + begin + "\n" + "\n".join(lines) + "\n" + end + tail
+    write_if_changed(path, new.encode())
+
+
+# ----------------------------------------------------------------------------
+
+def main() -> None:
+    if sys.argv[1:] == ["--check-deps"]:
+        sys.exit(1 if _missing_pins() else 0)
+    if sys.argv[1:]:
+        sys.exit(f"usage: python3 {TRAINING_CODE}  (no arguments)")
+    bootstrap()
+
+    code_rev = "sha256:" + sha256_hex(Path(__file__).resolve().read_bytes())
+    created = created_timestamp()
+
+    bc = Split("load_breast_cancer", stratify=True, classification=True)
+    bc_rel = write_holdout(bc, "breast_cancer", classification=True)
+    metrics = train_classifiers(bc, bc_rel, code_rev, created)
+
+    db = Split("load_diabetes", stratify=False, classification=False)
+    db_rel = write_holdout(db, "diabetes", classification=False)
+    metrics.update(train_regressor(db, db_rel, code_rev, created))
+
+    build_dtypes(created)
+    update_readme(metrics)
+
+    for name, m in metrics.items():
+        print(f"{name:16s} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
+    print(f"{len(_changed)} file(s) written, {len(_unchanged)} unchanged")
+    for rel in _changed:
+        print(f"  wrote {rel}")
+
+
+if __name__ == "__main__":
+    main()

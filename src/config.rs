@@ -1,0 +1,425 @@
+//! Configuration: `contender.toml` (or `--config FILE`) with every key
+//! overridable by an environment variable `CONTENDER_<SECTION>__<KEY>`, e.g.
+//! `CONTENDER_SERVER__HTTP_ADDR=127.0.0.1:9000` or
+//! `CONTENDER_DEPLOYMENTS__BREAST_CANCER__CHAMPION__VERSION=2`.
+//!
+//! Relative paths are resolved against the directory of the config file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// File read when no `--config` is given (when it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "contender.toml";
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub repository: RepositoryConfig,
+    pub runtime: RuntimeConfig,
+    /// Per-model engine settings, overriding the `[runtime]` table of the
+    /// model's `model.toml`. Keyed by model name.
+    pub models: BTreeMap<String, ModelSettings>,
+    /// Deployments by the name applications call.
+    pub deployments: BTreeMap<String, DeploymentConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP (REST) listener.
+    pub http_addr: SocketAddr,
+    /// Largest request body accepted, in bytes; bigger ones get 413.
+    pub max_body_bytes: usize,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            max_body_bytes: 16 * 1024 * 1024,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preload {
+    /// Load every valid model version in the repository at start.
+    #[default]
+    All,
+    /// Load only the models deployments use.
+    Deployed,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Root of the model repository (`<path>/<name>/<version>/`).
+    pub path: PathBuf,
+    pub preload: Preload,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> RepositoryConfig {
+        RepositoryConfig {
+            path: PathBuf::from("models"),
+            preload: Preload::All,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The ONNX Runtime shared library; default: the set-up script's cache.
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Requests estimated to run within this many microseconds execute
+    /// inline on the async worker; longer ones go to the model's threads.
+    pub inline_budget_us: f64,
+    /// Defaults for every model, overridden per model.
+    #[serde(flatten)]
+    pub defaults: ModelDefaults,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            onnxruntime_library: None,
+            inline_budget_us: 50.0,
+            defaults: ModelDefaults::default(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub fn onnxruntime_library(&self) -> PathBuf {
+        self.onnxruntime_library
+            .clone()
+            .unwrap_or_else(crate::runtime::onnx::default_library_path)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelDefaults {
+    pub instances: usize,
+    pub intra_op_threads: usize,
+    pub queue_capacity: usize,
+    pub max_batch_size: usize,
+    pub execution: Execution,
+}
+
+impl Default for ModelDefaults {
+    fn default() -> ModelDefaults {
+        ModelDefaults {
+            instances: 1,
+            intra_op_threads: 1,
+            queue_capacity: 256,
+            max_batch_size: 1024,
+            execution: Execution::Auto,
+        }
+    }
+}
+
+/// Where a model's inference runs (see `runtime` module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Execution {
+    /// Decide per request from warm-up measurements and the inline budget.
+    #[default]
+    Auto,
+    /// Always on the async worker (only for microsecond models).
+    Inline,
+    /// Always on the model's own worker threads.
+    Pool,
+}
+
+/// Per-model settings; unset fields fall back to the next level.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    pub instances: Option<usize>,
+    pub intra_op_threads: Option<usize>,
+    pub queue_capacity: Option<usize>,
+    pub max_batch_size: Option<usize>,
+    pub execution: Option<Execution>,
+}
+
+impl ModelSettings {
+    /// `self` over `lower` over the runtime defaults.
+    pub fn resolve(&self, lower: &ModelSettings, defaults: &ModelDefaults) -> ModelDefaults {
+        ModelDefaults {
+            instances: self
+                .instances
+                .or(lower.instances)
+                .unwrap_or(defaults.instances),
+            intra_op_threads: self
+                .intra_op_threads
+                .or(lower.intra_op_threads)
+                .unwrap_or(defaults.intra_op_threads),
+            queue_capacity: self
+                .queue_capacity
+                .or(lower.queue_capacity)
+                .unwrap_or(defaults.queue_capacity),
+            max_batch_size: self
+                .max_batch_size
+                .or(lower.max_batch_size)
+                .unwrap_or(defaults.max_batch_size),
+            execution: self
+                .execution
+                .or(lower.execution)
+                .unwrap_or(defaults.execution),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    pub champion: ModelRef,
+}
+
+/// A model version in the repository.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    pub model: String,
+    pub version: u64,
+}
+
+impl std::fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.model, self.version)
+    }
+}
+
+impl Config {
+    /// Loads `path` (or `contender.toml` when present), then the
+    /// `CONTENDER_*` environment, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (file, base) = match path {
+            Some(p) if !p.is_file() => {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("{}: no such file", p.display()),
+                ));
+            }
+            Some(p) => (
+                Some(p.to_path_buf()),
+                p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                (Some(PathBuf::from(DEFAULT_CONFIG_FILE)), PathBuf::new())
+            }
+            None => (None, PathBuf::new()),
+        };
+        let mut figment = Figment::new();
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("CONTENDER_")
+                .split("__")
+                .ignore(&["config", "cache_dir"]),
+        );
+        let mut config: Config = figment.extract().map_err(|e| {
+            let key = if e.path.is_empty() {
+                "(top level)".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            ConfigError::new(key, format!("{}{origin}", e.kind))
+        })?;
+        config.resolve_paths(&base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (no environment), for tests and tools.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::new(e.path.join("."), e.kind.to_string()))?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.repository.path.is_relative() {
+            self.repository.path = base.join(&self.repository.path);
+        }
+        if let Some(lib) = &self.runtime.onnxruntime_library
+            && lib.is_relative()
+        {
+            self.runtime.onnxruntime_library = Some(base.join(lib));
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if !(self.runtime.inline_budget_us >= 0.0 && self.runtime.inline_budget_us.is_finite()) {
+            return Err(ConfigError::new(
+                "runtime.inline_budget_us",
+                "must be a non-negative number",
+            ));
+        }
+        check_settings("runtime", &self.runtime.defaults)?;
+        for (name, s) in &self.models {
+            let key = format!("models.{name}");
+            check_settings(
+                &key,
+                &s.resolve(&ModelSettings::default(), &self.runtime.defaults),
+            )?;
+        }
+        for (name, d) in &self.deployments {
+            let key = format!("deployments.{name}");
+            if !valid_name(name) {
+                return Err(ConfigError::new(
+                    key,
+                    "a deployment name uses letters, digits, '_', '-' and '.', and does not start with '.' or '_'",
+                ));
+            }
+            if d.champion.version == 0 {
+                return Err(ConfigError::new(
+                    format!("{key}.champion.version"),
+                    "versions start at 1",
+                ));
+            }
+            if !valid_name(&d.champion.model) {
+                return Err(ConfigError::new(
+                    format!("{key}.champion.model"),
+                    "not a valid model name",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_settings(key: &str, s: &ModelDefaults) -> Result<(), ConfigError> {
+    for (field, value) in [
+        ("instances", s.instances),
+        ("intra_op_threads", s.intra_op_threads),
+        ("queue_capacity", s.queue_capacity),
+        ("max_batch_size", s.max_batch_size),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.{field}"),
+                "must be at least 1",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Names of models and deployments: they appear in URLs and metric labels.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['.', '_'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Where set-up downloads (ONNX Runtime, libtorch) are cached:
+/// `$CONTENDER_CACHE_DIR`, else `$XDG_CACHE_HOME/contender`, else `~/.cache/contender`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CONTENDER_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("contender");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache").join("contender")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::from_toml("", Path::new("/srv")).unwrap();
+        assert_eq!(c.server.http_addr.port(), 8000);
+        assert_eq!(c.repository.path, Path::new("/srv/models"));
+        assert_eq!(c.runtime.defaults.intra_op_threads, 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_toml("[server]\nhttp_addr = \"nope\"", Path::new(".")).unwrap_err();
+        assert_eq!(err.key, "server.http_addr");
+        let err =
+            Config::from_toml("[server]\nhttp_adr = \"0.0.0.0:1\"", Path::new(".")).unwrap_err();
+        assert!(err.reason.contains("http_adr"), "{err}");
+        let err = Config::from_toml(
+            "[deployments.x.champion]\nmodel = \"m\"\nversion = 0",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "deployments.x.champion.version");
+        let err = Config::from_toml("[runtime]\ninstances = 0", Path::new(".")).unwrap_err();
+        assert_eq!(err.key, "runtime.instances");
+    }
+
+    #[test]
+    fn per_model_settings_override_in_order() {
+        let defaults = ModelDefaults::default();
+        let file = ModelSettings {
+            instances: Some(2),
+            execution: Some(Execution::Pool),
+            ..ModelSettings::default()
+        };
+        let config = ModelSettings {
+            instances: Some(3),
+            ..ModelSettings::default()
+        };
+        let r = config.resolve(&file, &defaults);
+        assert_eq!(r.instances, 3);
+        assert_eq!(r.execution, Execution::Pool);
+        assert_eq!(r.intra_op_threads, 1);
+    }
+}

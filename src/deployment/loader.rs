@@ -1,0 +1,198 @@
+//! Loading a model version: engine, consistency with `model.toml`, warm-up
+//! and the measured execution plan.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::stats::ModelStats;
+use crate::config::{Execution, ModelDefaults};
+use crate::protocol::{DataType, Tensor, TensorData, TensorSpec};
+use crate::repository::{ModelEntry, Task};
+use crate::runtime::{self, EngineSettings, ExecutionPlan, Model, Runner};
+use crate::telemetry::ModelMetrics;
+
+/// A model version loaded, warmed and ready to take traffic.
+pub struct LoadedModel {
+    pub entry: Arc<ModelEntry>,
+    /// The version as the protocol spells it (`"1"`).
+    pub version_label: String,
+    pub runner: Runner,
+    pub settings: ModelDefaults,
+    pub stats: ModelStats,
+    pub metrics: ModelMetrics,
+    pub loaded_at: SystemTime,
+    pub load_duration: Duration,
+}
+
+impl LoadedModel {
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    pub fn version(&self) -> u64 {
+        self.entry.version
+    }
+
+    pub fn model(&self) -> &Arc<dyn Model> {
+        self.runner.model()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("model.toml does not match the model file: {0}")]
+    Metadata(String),
+    #[error("warm-up inference failed: {0}")]
+    WarmUp(runtime::RuntimeError),
+}
+
+/// Loads, checks and warms `entry`. Blocking: call from a blocking thread.
+pub fn load_model(
+    entry: Arc<ModelEntry>,
+    settings: ModelDefaults,
+    inline_budget_us: f64,
+) -> Result<LoadedModel, LoadError> {
+    let started = Instant::now();
+    let engine = EngineSettings {
+        instances: settings.instances,
+        intra_op_threads: settings.intra_op_threads,
+    };
+    let model: Arc<dyn Model> = Arc::from(runtime::load(&entry.artifact(), &engine)?);
+    check_metadata(&entry, model.as_ref())?;
+    let (single_row_us, per_row_us) = warm_up(model.as_ref(), settings.max_batch_size)?;
+    let plan = match settings.execution {
+        Execution::Auto => ExecutionPlan::from_measurements(
+            single_row_us,
+            per_row_us,
+            inline_budget_us,
+            settings.max_batch_size,
+        ),
+        Execution::Inline => ExecutionPlan {
+            inline_max_rows: settings.max_batch_size,
+            single_row_us,
+            per_row_us,
+        },
+        Execution::Pool => ExecutionPlan::always_pool(single_row_us, per_row_us),
+    };
+    let label = format!("{}@{}", entry.name, entry.version);
+    let runner = Runner::start(&label, model, plan, settings.queue_capacity);
+    let load_duration = started.elapsed();
+    let metrics = ModelMetrics::new(&entry.name, entry.version);
+    metrics.loaded(load_duration, plan.inline_max_rows);
+    tracing::info!(
+        model = %label,
+        load_ms = load_duration.as_secs_f64() * 1e3,
+        single_row_us = format_args!("{single_row_us:.1}"),
+        per_row_us = format_args!("{per_row_us:.2}"),
+        inline_max_rows = plan.inline_max_rows,
+        instances = settings.instances,
+        "model loaded and warmed"
+    );
+    Ok(LoadedModel {
+        version_label: entry.version.to_string(),
+        entry,
+        runner,
+        settings,
+        stats: ModelStats::default(),
+        metrics,
+        loaded_at: SystemTime::now(),
+        load_duration,
+    })
+}
+
+/// What `model.toml` says must agree with what the file says.
+fn check_metadata(entry: &ModelEntry, model: &dyn Model) -> Result<(), LoadError> {
+    let meta = &entry.metadata;
+    if !meta.feature_names.is_empty()
+        && let Some(input) = model.inputs().first()
+        && let Some(&cols) = input.shape.get(1)
+        && cols > 0
+        && cols as usize != meta.feature_names.len()
+    {
+        return Err(LoadError::Metadata(format!(
+            "feature_names lists {} names but input '{}' has {cols} columns",
+            meta.feature_names.len(),
+            input.name
+        )));
+    }
+    if meta.task == Some(Task::Classification) && !meta.labels.is_empty() {
+        for out in model.outputs() {
+            let float = matches!(out.datatype, DataType::Fp32 | DataType::Fp64);
+            if float
+                && out.shape.len() == 2
+                && out.shape[1] > 0
+                && out.shape[1] as usize != meta.labels.len()
+            {
+                return Err(LoadError::Metadata(format!(
+                    "labels lists {} classes but output '{}' has {} columns",
+                    meta.labels.len(),
+                    out.name,
+                    out.shape[1]
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A zero-filled batch of `rows` rows for the model's inputs.
+pub fn dummy_batch(inputs: &[TensorSpec], rows: usize) -> Vec<Tensor> {
+    inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<i64> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match (i, d) {
+                    (0, d) if d < 0 => rows as i64,
+                    (_, d) if d < 0 => 1,
+                    (_, d) => d,
+                })
+                .collect();
+            let len = crate::protocol::element_count(&shape).unwrap_or(0);
+            let data =
+                TensorData::zeros(spec.datatype, len).unwrap_or(TensorData::Fp32(Vec::new()));
+            Tensor::new(spec.name.clone(), shape, data)
+        })
+        .collect()
+}
+
+fn median_us(model: &dyn Model, batch: &[Tensor], runs: usize) -> Result<f64, LoadError> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        model.infer(batch).map_err(LoadError::WarmUp)?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+/// Runs every instance through its first (slow) calls, then measures the
+/// one-row latency and the marginal cost of a row. No request pays for
+/// first-call costs, and the execution plan rests on numbers.
+fn warm_up(model: &dyn Model, max_batch_size: usize) -> Result<(f64, f64), LoadError> {
+    let one = dummy_batch(model.inputs(), 1);
+    let batched = model.inputs().iter().all(TensorSpec::has_batch_dim);
+    let big_rows = if batched {
+        max_batch_size.clamp(1, 32)
+    } else {
+        1
+    };
+    let big = dummy_batch(model.inputs(), big_rows);
+    for instance in 0..model.instances() {
+        for _ in 0..3 {
+            model.infer_on(instance, &one).map_err(LoadError::WarmUp)?;
+            model.infer_on(instance, &big).map_err(LoadError::WarmUp)?;
+        }
+    }
+    let single = median_us(model, &one, 31)?;
+    if big_rows == 1 {
+        return Ok((single, 0.0));
+    }
+    let many = median_us(model, &big, 11)?;
+    Ok((single, ((many - single) / (big_rows - 1) as f64).max(0.0)))
+}

@@ -1,0 +1,13 @@
+//! contender: a champion–challenger model-serving gateway speaking the Open
+//! Inference Protocol (KServe V2).
+
+pub mod cli;
+pub mod config;
+pub mod deployment;
+pub mod protocol;
+pub mod repository;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;

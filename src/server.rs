@@ -1,0 +1,189 @@
+//! HTTP assembly: the app factory, binding, serving and draining.
+
+mod body;
+mod v2;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::deployment::{Gateway, StartError};
+use crate::protocol::{ApiError, ErrorKind};
+use crate::telemetry;
+
+/// State shared by every handler.
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub prometheus: PrometheusHandle,
+}
+
+/// The router, without a socket (handler tests can drive it directly).
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/stats", get(v2::all_stats))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route("/v2/models/{name}/config", get(v2::model_config))
+        .route("/v2/models/{name}/stats", get(v2::model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::model_metadata_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2::model_ready_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::infer_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(v2::model_config_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(v2::model_stats_v),
+        )
+        .route("/v2/repository/index", post(v2::repository_index))
+        .route("/metrics", get(v2::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(uri: http::Uri) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{method} is not served on {}", uri.path()),
+    )
+}
+
+/// A gateway bound to its port, loading its models in the background.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    drain_timeout: Duration,
+}
+
+impl Server {
+    /// Validates the repository against the config, then binds. Models load
+    /// once [`Server::run`] starts; liveness answers meanwhile, readiness waits.
+    pub async fn bind(config: Config) -> Result<Server, BindError> {
+        let addr = config.server.http_addr;
+        let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);
+        crate::runtime::onnx::init(&config.runtime.onnxruntime_library())?;
+        let gateway = Arc::new(Gateway::new(config)?);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError::Bind { addr, source })?;
+        let state = Arc::new(AppState {
+            gateway,
+            prometheus: telemetry::install(),
+        });
+        Ok(Server {
+            listener,
+            state,
+            drain_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.state.gateway
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish
+    /// for at most the drain timeout.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let gateway = Arc::clone(&self.state.gateway);
+        let loading = tokio::spawn(async move { gateway.load().await });
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = drain_tx.send(());
+        };
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let serve = axum::serve(listener, app(self.state)).with_graceful_shutdown(signal);
+        let serve = tokio::spawn(async move { serve.await });
+        let drain_timeout = self.drain_timeout;
+        let result = tokio::select! {
+            r = serve => r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            () = async move {
+                if drain_rx.await.is_ok() {
+                    tokio::time::sleep(drain_timeout).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(timeout_secs = drain_timeout.as_secs(), "drain timeout reached; closing remaining connections");
+                Ok(())
+            }
+        };
+        loading.abort();
+        result
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

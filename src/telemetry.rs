@@ -1,0 +1,178 @@
+//! Metric names (one place), their descriptions, typed emitters, and tracing
+//! set-up. Names follow `contender_<subsystem>_<noun>_<unit>`; labels are
+//! bounded (`deployment`, `model`, `version`, `error_type`).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::ErrorKind;
+
+pub const INFER_REQUESTS: &str = "contender_inference_requests_total";
+pub const INFER_FAILURES: &str = "contender_inference_failures_total";
+pub const INFER_ROWS: &str = "contender_inference_rows_total";
+pub const INFER_DURATION: &str = "contender_inference_request_duration_seconds";
+pub const INFER_QUEUE: &str = "contender_inference_queue_duration_seconds";
+pub const INFER_COMPUTE: &str = "contender_inference_compute_duration_seconds";
+pub const QUEUE_REJECTIONS: &str = "contender_inference_queue_rejections_total";
+pub const HTTP_ERRORS: &str = "contender_http_errors_total";
+pub const MODEL_LOAD_DURATION: &str = "contender_model_load_duration_seconds";
+pub const MODEL_LOAD_FAILURES: &str = "contender_model_load_failures_total";
+pub const MODELS_READY: &str = "contender_models_ready";
+pub const MODEL_INLINE_MAX_ROWS: &str = "contender_model_inline_max_rows";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .unwrap_or_else(|e| {
+                    // Another recorder is installed (embedding program); keep a private one for rendering.
+                    tracing::warn!(error = %e, "a metrics recorder is already installed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                });
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        INFER_REQUESTS,
+        "Inference requests answered, by model and version."
+    );
+    describe_counter!(
+        INFER_FAILURES,
+        "Inference requests that failed after reaching a model, by error_type."
+    );
+    describe_counter!(INFER_ROWS, "Rows (batch elements) inferred.");
+    describe_histogram!(
+        INFER_DURATION,
+        metrics::Unit::Seconds,
+        "Whole request time inside the gateway."
+    );
+    describe_histogram!(
+        INFER_QUEUE,
+        metrics::Unit::Seconds,
+        "Time waiting for a model worker."
+    );
+    describe_histogram!(
+        INFER_COMPUTE,
+        metrics::Unit::Seconds,
+        "Time inside the engine."
+    );
+    describe_counter!(
+        QUEUE_REJECTIONS,
+        "Requests refused because the model's queue was full."
+    );
+    describe_counter!(HTTP_ERRORS, "Error responses, by error_type.");
+    describe_histogram!(
+        MODEL_LOAD_DURATION,
+        metrics::Unit::Seconds,
+        "Model load plus warm-up time."
+    );
+    describe_counter!(MODEL_LOAD_FAILURES, "Model versions that failed to load.");
+    describe_gauge!(MODELS_READY, "Model versions loaded and warmed.");
+    describe_gauge!(
+        MODEL_INLINE_MAX_ROWS,
+        "Largest batch run inline on the async runtime (0 = always on workers)."
+    );
+}
+
+/// Counts an error response by kind.
+pub fn record_error(kind: ErrorKind) {
+    counter!(HTTP_ERRORS, "error_type" => kind.code()).increment(1);
+}
+
+/// Metric handles for one model version, registered once at load time so the
+/// request path does no label formatting or registry look-up.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    requests: Counter,
+    rows: Counter,
+    duration: Histogram,
+    queue: Histogram,
+    compute: Histogram,
+    rejections: Counter,
+    model: String,
+    version: String,
+}
+
+impl ModelMetrics {
+    pub fn new(model: &str, version: u64) -> ModelMetrics {
+        let labels = [
+            ("model", model.to_owned()),
+            ("version", version.to_string()),
+        ];
+        ModelMetrics {
+            requests: counter!(INFER_REQUESTS, &labels),
+            rows: counter!(INFER_ROWS, &labels),
+            duration: histogram!(INFER_DURATION, &labels),
+            queue: histogram!(INFER_QUEUE, &labels),
+            compute: histogram!(INFER_COMPUTE, &labels),
+            rejections: counter!(QUEUE_REJECTIONS, &labels),
+            model: model.to_owned(),
+            version: version.to_string(),
+        }
+    }
+
+    pub fn success(&self, rows: usize, total: Duration, queue: Duration, compute: Duration) {
+        self.requests.increment(1);
+        self.rows.increment(rows as u64);
+        self.duration.record(total.as_secs_f64());
+        self.queue.record(queue.as_secs_f64());
+        self.compute.record(compute.as_secs_f64());
+    }
+
+    pub fn failure(&self, kind: ErrorKind) {
+        counter!(INFER_FAILURES, "model" => self.model.clone(), "version" => self.version.clone(), "error_type" => kind.code())
+            .increment(1);
+    }
+
+    pub fn rejected(&self) {
+        self.rejections.increment(1);
+    }
+
+    pub fn loaded(&self, load: Duration, inline_max_rows: usize) {
+        histogram!(MODEL_LOAD_DURATION, "model" => self.model.clone(), "version" => self.version.clone())
+            .record(load.as_secs_f64());
+        gauge!(MODEL_INLINE_MAX_ROWS, "model" => self.model.clone(), "version" => self.version.clone())
+            .set(inline_max_rows as f64);
+        models_ready().increment(1.0);
+    }
+}
+
+pub fn models_ready() -> Gauge {
+    gauge!(MODELS_READY)
+}
+
+pub fn load_failed(model: &str, version: u64) {
+    counter!(MODEL_LOAD_FAILURES, "model" => model.to_owned(), "version" => version.to_string())
+        .increment(1);
+}
+
+/// Structured logs to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -9,21 +9,34 @@ What it makes (all paths relative to the repository root):
                              `mean radius` only (the ONNX input is still the full
                              30-column matrix); a clearly worse model, there so
                              promotion of a better challenger can be tested
+    models/breast_cancer/4/  multilayer perceptron (16 hidden ReLU units) for the
+                             TorchScript example: this script trains it and writes
+                             model.toml (with the [[inputs]]/[[outputs]] signature
+                             a TorchScript file cannot declare) and expected.json,
+                             plus the weights in
+                             models/_data/breast_cancer_mlp_weights.json; model.pt
+                             itself is traced from those weights by the Rust
+                             exporter (`cargo run --release --features torchscript
+                             --example export_torchscript`), never by this script
     models/diabetes/1/       ridge regression on standardised features
     models/dtypes/1/         hand-built ONNX graph with one input/output pair per
                              tensor datatype (FP32, FP64, INT32, INT64, BOOL, UINT8)
 
-Every model directory holds `model.onnx` and `model.toml` (description, task,
-labels, tags, created, feature_names, [lineage], [metrics]); the trained models
-also hold `expected.json`, the outputs of the ONNX file under Python
+Every ONNX model directory holds `model.onnx` and `model.toml` (description,
+task, labels, tags, created, feature_names, [lineage], [metrics]); the trained
+models also hold `expected.json`, the outputs of the ONNX file under Python
 onnxruntime (single-threaded) on the held-out rows in `models/_data/*.json`.
+breast_cancer/4 has no ONNX file: its expected.json and metrics come from a
+numpy float32 forward pass over the exact (float32) weights in the JSON file,
+checked against scikit-learn's predict_proba.
 `models/README.md` describes the layout; the script refreshes the metrics table
 between its `<!-- metrics:begin -->` / `<!-- metrics:end -->` markers.
 
 The data sets ship inside scikit-learn, so nothing is downloaded except the
 Python packages. Split: train_test_split(test_size=0.25, random_state=42,
 stratify=y for classification); models are fitted on the training part only and
-every metric is computed on the held-out part from the ONNX model's outputs.
+every metric is computed on the held-out part from the ONNX model's outputs (for
+breast_cancer/4, from the float32 forward pass).
 
 How to run (from anywhere):
 
@@ -152,6 +165,25 @@ DTYPES_IR_VERSION = 8
 TRAINING_CODE = "models/generate.py"
 # Version 3 must trail versions 1 and 2 by at least this much held-out accuracy.
 WEAK_MARGIN = 0.05
+# breast_cancer/4: MLPClassifier(hidden_layer_sizes=(MLP_HIDDEN,), relu, lbfgs).
+# MLP_ALPHA (L2 penalty) was chosen by 5-fold stratified CV on the training split
+# only (alpha in 1e-4 .. 10, lbfgs and adam): lbfgs with alpha=3 had the best CV
+# accuracy (0.9835, log loss 0.073); the default alpha=1e-4 interpolates the
+# training set and gives over-confident probabilities (CV log loss 0.38).
+# lbfgs is full-batch, so training involves no data shuffling.
+MLP_HIDDEN = 16
+MLP_ALPHA = 3.0
+MLP_MAX_ITER = 5000  # converges in well under this; training fails if it does not
+# The float32 forward pass must match sklearn's predict_proba this closely ...
+MLP_PROBA_ATOL = 1e-5
+# ... and every held-out row's two logits must differ by at least this much, so
+# that argmax (the label) cannot flip between float32 implementations.
+MLP_MIN_LOGIT_MARGIN = 1e-3
+MLP_FORWARD = ("x -> (x-mean)/scale -> linear0 -> relu -> linear1 -> softmax; "
+               "label = argmax")
+MLP_WEIGHTS = "_data/breast_cancer_mlp_weights.json"
+# What traces model.pt from MLP_WEIGHTS (see models/README.md).
+TORCHSCRIPT_EXPORTER = "tch 0.26 (libtorch 2.13.0)"
 
 _changed: list[str] = []
 _unchanged: list[str] = []
@@ -230,17 +262,27 @@ def toml_value(v) -> str:
     raise TypeError(f"unsupported TOML value {v!r}")
 
 
-def toml_document(top: dict, tables: dict[str, dict]) -> bytes:
+def toml_document(top: dict, tables: dict[str, dict],
+                  arrays: dict[str, list[dict]] | None = None) -> bytes:
+    """arrays: arrays of tables (`[[name]]`), written after all other tables."""
+    arrays = arrays or {}
     lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
     for name, table in tables.items():
         lines.append("")
         lines.append(f"[{name}]")
         lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+    for name, items in arrays.items():
+        for item in items:
+            lines.append("")
+            lines.append(f"[[{name}]]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in item.items())
     text = "\n".join(lines) + "\n"
     import tomllib  # stdlib since 3.11: check that what we wrote parses back
 
     parsed = tomllib.loads(text)
-    assert set(parsed) == set(top) | set(tables), parsed.keys()
+    assert set(parsed) == set(top) | set(tables) | set(arrays), parsed.keys()
+    for name, items in arrays.items():
+        assert parsed[name] == items, (name, parsed[name])
     return text.encode()
 
 
@@ -377,14 +419,46 @@ def versions() -> str:
     return f"scikit-learn {sklearn.__version__} / skl2onnx {skl2onnx.__version__}"
 
 
+def classification_metrics(y, label, proba) -> dict:
+    """Held-out metrics from a model's `label` and float32 `probabilities`."""
+    import numpy as np
+    from sklearn.metrics import (accuracy_score, brier_score_loss, f1_score,
+                                 log_loss, roc_auc_score)
+
+    p64 = proba.astype(np.float64)
+    # float32 rows need not sum to exactly 1 in float64; renormalise for log_loss.
+    p_norm = np.clip(p64, 1e-15, 1.0)
+    p_norm = p_norm / p_norm.sum(axis=1, keepdims=True)
+    return {
+        "accuracy": float(accuracy_score(y, label)),
+        "f1": float(f1_score(y, label, average="macro")),
+        "log_loss": float(log_loss(y, p_norm, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p64[:, 1], pos_label=1)),
+        "roc_auc": float(roc_auc_score(y, p64[:, 1])),
+    }
+
+
+def write_classifier_expected(path: Path, holdout_rel: str, label, proba) -> None:
+    import numpy as np
+
+    expected = json_document([
+        ("holdout", json.dumps(holdout_rel)),
+        ("label", "[" + ", ".join(str(int(v)) for v in label) + "]"),
+        ("probabilities", json_matrix([json_row(r, f32_repr) for r in proba])),
+    ])
+    back = json.loads(expected)
+    assert back["label"] == [int(v) for v in label]
+    assert np.array_equal(np.asarray(back["probabilities"], dtype=np.float64)
+                          .astype(np.float32).view(np.uint32), proba.view(np.uint32))
+    write_if_changed(path, expected)
+
+
 def train_classifiers(split: Split, holdout_rel: str, code_rev: str, created: str) -> dict:
     import numpy as np
     import onnx
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import (accuracy_score, brier_score_loss, f1_score,
-                                 log_loss, roc_auc_score)
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
@@ -426,29 +500,9 @@ def train_classifiers(split: Split, holdout_rel: str, code_rev: str, created: st
         if agree < 0.99:
             raise AssertionError(f"breast_cancer/{version}: ONNX and sklearn labels "
                                  f"agree on only {agree:.3f} of the held-out rows")
-        y = split.y_test
-        p64 = proba.astype(np.float64)
-        # float32 rows need not sum to exactly 1 in float64; renormalise for log_loss.
-        p_norm = np.clip(p64, 1e-15, 1.0)
-        p_norm = p_norm / p_norm.sum(axis=1, keepdims=True)
-        m = {
-            "accuracy": float(accuracy_score(y, label)),
-            "f1": float(f1_score(y, label, average="macro")),
-            "log_loss": float(log_loss(y, p_norm, labels=[0, 1])),
-            "brier": float(brier_score_loss(y, p64[:, 1], pos_label=1)),
-            "roc_auc": float(roc_auc_score(y, p64[:, 1])),
-        }
+        m = classification_metrics(split.y_test, label, proba)
         metrics[f"breast_cancer/{version}"] = m
-
-        expected = json_document([
-            ("holdout", json.dumps(holdout_rel)),
-            ("label", "[" + ", ".join(str(int(v)) for v in label) + "]"),
-            ("probabilities", json_matrix([json_row(r, f32_repr) for r in proba])),
-        ])
-        back = json.loads(expected)
-        assert np.array_equal(np.asarray(back["probabilities"], dtype=np.float64)
-                              .astype(np.float32).view(np.uint32), proba.view(np.uint32))
-        write_if_changed(vdir / "expected.json", expected)
+        write_classifier_expected(vdir / "expected.json", holdout_rel, label, proba)
 
         write_if_changed(vdir / "model.toml", toml_document(
             {
@@ -477,6 +531,170 @@ def train_classifiers(split: Split, holdout_rel: str, code_rev: str, created: st
         raise AssertionError(f"breast_cancer/3 accuracy {weak:.4f} is not clearly below "
                              f"versions 1 and 2 ({best_other:.4f})")
     return metrics
+
+
+def mlp_weights_document(mean, scale, layers) -> bytes:
+    """The weights file for the TorchScript exporter; float32 values, one weight
+    row per line. layers: [(weight [out, in], bias [out]), ...] as float32."""
+    def vec(v) -> str:
+        return json_row(v, f32_repr)
+
+    def layer(weight, bias) -> str:
+        rows = ",\n        ".join(vec(r) for r in weight)
+        return ("{\n      \"weight\": [\n        " + rows + "\n      ],\n"
+                f"      \"bias\": {vec(bias)}\n    }}")
+
+    return json_document([
+        ("forward", json.dumps(MLP_FORWARD)),
+        ("mean", vec(mean)),
+        ("scale", vec(scale)),
+        ("layers", "[\n    " + ",\n    ".join(layer(w, b) for w, b in layers) + "\n  ]"),
+    ])
+
+
+def mlp_forward(weights: dict, X32):
+    """What model.pt computes, in float32 with numpy, from the parsed weights
+    file: x -> (x-mean)/scale -> [x @ W.T + b -> relu]* -> x @ W.T + b -> softmax.
+    Returns (label int64 [N], probabilities float32 [N,2], logits float32 [N,2])."""
+    import numpy as np
+
+    def f32(v):  # JSON number -> f64 -> f32, as serde_json + `as f32` would do
+        return np.asarray(v, dtype=np.float64).astype(np.float32)
+
+    assert X32.dtype == np.float32
+    h = (X32 - f32(weights["mean"])) / f32(weights["scale"])
+    layers = weights["layers"]
+    for i, layer in enumerate(layers):
+        h = h @ f32(layer["weight"]).T + f32(layer["bias"])
+        if i < len(layers) - 1:
+            h = np.maximum(h, np.float32(0))
+    logits = h
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))  # stable softmax
+    proba = e / e.sum(axis=1, keepdims=True)
+    assert logits.dtype == np.float32 and proba.dtype == np.float32
+    label = np.argmax(proba, axis=1).astype(np.int64)
+    assert np.array_equal(label, np.argmax(logits, axis=1))
+    return label, proba, logits
+
+
+def train_mlp(split: Split, holdout_rel: str, code_rev: str, created: str,
+              reference: dict) -> dict:
+    """breast_cancer/4, the TorchScript example: weights file, model.toml and
+    expected.json (model.pt is traced from the weights file by the Rust exporter).
+    reference: the held-out metrics of breast_cancer/1."""
+    import warnings
+
+    import numpy as np
+    import sklearn
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(split.feature_names)
+    est = Pipeline([("scale", StandardScaler()),
+                    ("mlp", MLPClassifier(hidden_layer_sizes=(MLP_HIDDEN,),
+                                          activation="relu", solver="lbfgs",
+                                          alpha=MLP_ALPHA, max_iter=MLP_MAX_ITER,
+                                          random_state=0))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # must converge
+        est.fit(split.X_train, split.y_train)
+    scaler, mlp = est.named_steps["scale"], est.named_steps["mlp"]
+    if mlp.n_iter_ >= MLP_MAX_ITER:
+        raise AssertionError(f"breast_cancer/4: MLP did not converge in {MLP_MAX_ITER} "
+                             "iterations")
+    assert [int(c) for c in mlp.classes_] == [0, 1], mlp.classes_
+    assert mlp.out_activation_ == "logistic", mlp.out_activation_
+    assert [c.shape for c in mlp.coefs_] == [(n, MLP_HIDDEN), (MLP_HIDDEN, 1)]
+
+    # nn.Linear layout: weight [out_features, in_features] = sklearn's coefs_[i].T.
+    # sklearn's binary MLP has ONE logistic output unit, P(class 1) = sigmoid(z)
+    # with z = h @ w + b. softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)] exactly,
+    # so the 2-unit softmax layer has weight rows [0, w] and biases [0, b].
+    f32 = np.float32
+    w_out = mlp.coefs_[1][:, 0]
+    mean, scale = scaler.mean_.astype(f32), scaler.scale_.astype(f32)
+    layers = [
+        (np.ascontiguousarray(mlp.coefs_[0].T).astype(f32), mlp.intercepts_[0].astype(f32)),
+        (np.stack([np.zeros_like(w_out), w_out]).astype(f32),
+         np.array([0.0, mlp.intercepts_[1][0]]).astype(f32)),
+    ]
+    doc = mlp_weights_document(mean, scale, layers)
+    # Verify: every number parses (as f64, cast to f32) back to the same bits.
+    weights = json.loads(doc)
+    assert list(weights) == ["forward", "mean", "scale", "layers"]
+
+    def same_bits(got, want) -> bool:
+        got = np.asarray(got, dtype=np.float64).astype(f32)
+        return got.shape == want.shape and np.array_equal(got.view(np.uint32),
+                                                          want.view(np.uint32))
+
+    assert same_bits(weights["mean"], mean) and same_bits(weights["scale"], scale)
+    assert len(weights["layers"]) == len(layers)
+    for got, (w, b) in zip(weights["layers"], layers):
+        assert list(got) == ["weight", "bias"]
+        assert same_bits(got["weight"], w) and same_bits(got["bias"], b)
+    write_if_changed(MODELS_DIR / MLP_WEIGHTS, doc)
+    pt = MODELS_DIR / "breast_cancer" / "4" / "model.pt"
+    if (MODELS_DIR / MLP_WEIGHTS).relative_to(REPO_ROOT).as_posix() in _changed \
+            and pt.exists():
+        print(f"note: {MLP_WEIGHTS} changed; re-run the TorchScript exporter to "
+              "refresh breast_cancer/4/model.pt", file=sys.stderr)
+
+    label, proba, logits = mlp_forward(weights, split.X_test32)
+    assert label.shape == (len(split.y_test),) and proba.shape == (len(split.y_test), 2)
+    sk_proba = est.predict_proba(split.X_test32)
+    diff = float(np.max(np.abs(sk_proba - proba.astype(np.float64))))
+    if diff > MLP_PROBA_ATOL:
+        raise AssertionError(f"breast_cancer/4: float32 forward pass differs from "
+                             f"sklearn predict_proba by {diff:.3g} > {MLP_PROBA_ATOL}")
+    agree = float(np.mean(label == est.predict(split.X_test32)))
+    if agree < 0.99:
+        raise AssertionError(f"breast_cancer/4: float32 and sklearn labels agree on "
+                             f"only {agree:.3f} of the held-out rows")
+    margin = float(np.min(np.abs(logits[:, 1] - logits[:, 0])))
+    if margin < MLP_MIN_LOGIT_MARGIN:
+        raise AssertionError(f"breast_cancer/4: a held-out row has logits only "
+                             f"{margin:.3g} apart; its label is fragile")
+    print(f"breast_cancer/4: lbfgs converged in {mlp.n_iter_} iterations; float32 "
+          f"forward vs sklearn: max |dp| = {diff:.3g}, labels agree on {agree:.3f}, "
+          f"min |logit1 - logit0| = {margin:.3g}")
+
+    m = classification_metrics(split.y_test, label, proba)
+    if m["accuracy"] < reference["accuracy"] - WEAK_MARGIN:
+        raise AssertionError(f"breast_cancer/4 accuracy {m['accuracy']:.4f} is far below "
+                             f"version 1 ({reference['accuracy']:.4f})")
+    vdir = MODELS_DIR / "breast_cancer" / "4"
+    write_classifier_expected(vdir / "expected.json", holdout_rel, label, proba)
+    write_if_changed(vdir / "model.toml", toml_document(
+        {
+            "description": f"Multilayer perceptron ({MLP_HIDDEN} hidden ReLU units, "
+                           "standardised features) trained with scikit-learn on the "
+                           "Wisconsin breast cancer data set, exported to TorchScript",
+            "task": "classification",
+            "labels": split.target_names,
+            "tags": ["tabular", "scikit-learn", "pytorch", "torchscript"],
+            "created": created,
+            "feature_names": split.feature_names,
+        },
+        {
+            "lineage": {
+                "training_data_uri": split.uri,
+                "training_data_sha256": split.train_sha256,
+                "training_code": TRAINING_CODE,
+                "training_code_revision": code_rev,
+                "framework": f"scikit-learn {sklearn.__version__} / {TORCHSCRIPT_EXPORTER}",
+            },
+            "metrics": m,
+        },
+        {
+            # A TorchScript file does not declare its signature: model.toml does.
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, n]}],
+            "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
+                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+        }))
+    return {"breast_cancer/4": m}
 
 
 def train_regressor(split: Split, holdout_rel: str, code_rev: str, created: str) -> dict:
@@ -652,6 +870,7 @@ def main() -> None:
     bc = Split("load_breast_cancer", stratify=True, classification=True)
     bc_rel = write_holdout(bc, "breast_cancer", classification=True)
     metrics = train_classifiers(bc, bc_rel, code_rev, created)
+    metrics.update(train_mlp(bc, bc_rel, code_rev, created, metrics["breast_cancer/1"]))
 
     db = Split("load_diabetes", stratify=False, classification=False)
     db_rel = write_holdout(db, "diabetes", classification=False)

@@ -15,9 +15,9 @@ What it makes (all paths relative to the repository root):
                              a TorchScript file cannot declare) and expected.json,
                              plus the weights in
                              models/_data/breast_cancer_mlp_weights.json; model.pt
-                             itself is traced from those weights by the Rust
-                             exporter (`cargo run --release --features torchscript
-                             --example export_torchscript`), never by this script
+                             itself is scripted from those weights by the
+                             exporter (`/usr/bin/python3 models/export_torchscript.py`,
+                             Debian's python3-torch), never by this script
     models/diabetes/1/       ridge regression on standardised features
     models/dtypes/1/         hand-built ONNX graph with one input/output pair per
                              tensor datatype (FP32, FP64, INT32, INT64, BOOL, UINT8)
@@ -183,7 +183,7 @@ MLP_FORWARD = ("x -> (x-mean)/scale -> linear0 -> relu -> linear1 -> softmax; "
                "label = argmax")
 MLP_WEIGHTS = "_data/breast_cancer_mlp_weights.json"
 # What traces model.pt from MLP_WEIGHTS (see models/README.md).
-TORCHSCRIPT_EXPORTER = "tch 0.26 (libtorch 2.13.0)"
+TORCHSCRIPT_EXPORTER = "torch 1.13 TorchScript (served by libtorch 2.13.0)"
 
 _changed: list[str] = []
 _unchanged: list[str] = []
@@ -580,7 +580,7 @@ def mlp_forward(weights: dict, X32):
 def train_mlp(split: Split, holdout_rel: str, code_rev: str, created: str,
               reference: dict) -> dict:
     """breast_cancer/4, the TorchScript example: weights file, model.toml and
-    expected.json (model.pt is traced from the weights file by the Rust exporter).
+    expected.json (model.pt is scripted from the weights file by export_torchscript.py).
     reference: the held-out metrics of breast_cancer/1."""
     import warnings
 

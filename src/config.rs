@@ -133,6 +133,9 @@ pub struct ModelDefaults {
     pub queue_capacity: usize,
     pub max_batch_size: usize,
     pub execution: Execution,
+    /// Batch sizes run through every instance before the model takes traffic
+    /// (engines that specialise per input shape pay that cost here).
+    pub warmup_batch_sizes: Vec<usize>,
 }
 
 impl Default for ModelDefaults {
@@ -143,6 +146,7 @@ impl Default for ModelDefaults {
             queue_capacity: 256,
             max_batch_size: 1024,
             execution: Execution::Auto,
+            warmup_batch_sizes: vec![1, 2, 4, 8, 16, 32],
         }
     }
 }
@@ -169,6 +173,7 @@ pub struct ModelSettings {
     pub queue_capacity: Option<usize>,
     pub max_batch_size: Option<usize>,
     pub execution: Option<Execution>,
+    pub warmup_batch_sizes: Option<Vec<usize>>,
 }
 
 impl ModelSettings {
@@ -195,6 +200,11 @@ impl ModelSettings {
                 .execution
                 .or(lower.execution)
                 .unwrap_or(defaults.execution),
+            warmup_batch_sizes: self
+                .warmup_batch_sizes
+                .clone()
+                .or_else(|| lower.warmup_batch_sizes.clone())
+                .unwrap_or_else(|| defaults.warmup_batch_sizes.clone()),
         }
     }
 }
@@ -347,6 +357,19 @@ fn check_settings(key: &str, s: &ModelDefaults) -> Result<(), ConfigError> {
                 "must be at least 1",
             ));
         }
+    }
+    if let Some(&bad) = s
+        .warmup_batch_sizes
+        .iter()
+        .find(|&&b| b == 0 || b > s.max_batch_size)
+    {
+        return Err(ConfigError::new(
+            format!("{key}.warmup_batch_sizes"),
+            format!(
+                "{bad} is not between 1 and max_batch_size ({})",
+                s.max_batch_size
+            ),
+        ));
     }
     Ok(())
 }

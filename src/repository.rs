@@ -234,6 +234,16 @@ fn read_entry_named(dir: &Path, name: &str) -> Result<ModelEntry, String> {
     } else {
         ModelMetadata::default()
     };
+    let declared = !metadata.inputs.is_empty() || !metadata.outputs.is_empty();
+    match format {
+        Format::Onnx if declared => {
+            return Err("model.toml declares [[inputs]]/[[outputs]], but an ONNX file carries its own signature: remove them".into());
+        }
+        Format::TorchScript if metadata.inputs.is_empty() || metadata.outputs.is_empty() => {
+            return Err("model.pt carries no typed signature: declare [[inputs]] and [[outputs]] (name, datatype, shape) in model.toml".into());
+        }
+        _ => {}
+    }
     Ok(ModelEntry {
         name: name.to_owned(),
         version,

@@ -22,6 +22,8 @@
 
 pub mod onnx;
 mod runner;
+#[cfg(feature = "torchscript")]
+pub mod torchscript;
 
 use std::path::Path;
 
@@ -74,14 +76,35 @@ pub trait Model: Send + Sync + 'static {
     fn infer_on(&self, instance: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
 }
 
-/// Loads a model artifact with the engine its file name selects.
+/// Loads a model artifact with the engine its file name selects (ONNX, or
+/// TorchScript with its signature declared elsewhere: see [`load_declared`]).
 pub fn load(path: &Path, settings: &EngineSettings) -> Result<Box<dyn Model>, RuntimeError> {
+    load_declared(path, &[], &[], settings)
+}
+
+/// Loads a model artifact; `inputs`/`outputs` are the signature declared in
+/// `model.toml`, required by formats that carry none (TorchScript).
+pub fn load_declared(
+    path: &Path,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+    settings: &EngineSettings,
+) -> Result<Box<dyn Model>, RuntimeError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("onnx") => Ok(Box::new(onnx::OnnxModel::load(path, settings)?)),
-        Some("pt") => Err(RuntimeError::Unsupported(format!(
-            "{}: TorchScript models need contender built with the `torchscript` feature",
-            path.display()
-        ))),
+        #[cfg(feature = "torchscript")]
+        Some("pt") => Ok(Box::new(torchscript::TorchScriptModel::load(
+            path, inputs, outputs, settings,
+        )?)),
+        #[cfg(not(feature = "torchscript"))]
+        Some("pt") => {
+            let _ = (inputs, outputs);
+            Err(RuntimeError::Unsupported(format!(
+                "{}: TorchScript models need contender built with the `torchscript` cargo feature \
+                 (cargo build --features torchscript; `make run` does)",
+                path.display()
+            )))
+        }
         _ => Err(RuntimeError::Unsupported(format!(
             "{}: unknown model format (expected model.onnx or model.pt)",
             path.display()

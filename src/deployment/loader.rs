@@ -59,9 +59,15 @@ pub fn load_model(
         instances: settings.instances,
         intra_op_threads: settings.intra_op_threads,
     };
-    let model: Arc<dyn Model> = Arc::from(runtime::load(&entry.artifact(), &engine)?);
+    let meta = &entry.metadata;
+    let model: Arc<dyn Model> = Arc::from(runtime::load_declared(
+        &entry.artifact(),
+        &meta.inputs,
+        &meta.outputs,
+        &engine,
+    )?);
     check_metadata(&entry, model.as_ref())?;
-    let (single_row_us, per_row_us) = warm_up(model.as_ref(), settings.max_batch_size)?;
+    let (single_row_us, per_row_us) = warm_up(model.as_ref(), &settings)?;
     let plan = match settings.execution {
         Execution::Auto => ExecutionPlan::from_measurements(
             single_row_us,
@@ -171,28 +177,39 @@ fn median_us(model: &dyn Model, batch: &[Tensor], runs: usize) -> Result<f64, Lo
     Ok(samples[samples.len() / 2])
 }
 
-/// Runs every instance through its first (slow) calls, then measures the
-/// one-row latency and the marginal cost of a row. No request pays for
-/// first-call costs, and the execution plan rests on numbers.
-fn warm_up(model: &dyn Model, max_batch_size: usize) -> Result<(f64, f64), LoadError> {
-    let one = dummy_batch(model.inputs(), 1);
+/// Runs every instance through its first (slow) calls over the configured
+/// warm-up batch sizes, then measures the one-row latency and the marginal
+/// cost of a row. No request pays for first-call or new-shape costs, and the
+/// execution plan rests on numbers.
+fn warm_up(model: &dyn Model, settings: &ModelDefaults) -> Result<(f64, f64), LoadError> {
     let batched = model.inputs().iter().all(TensorSpec::has_batch_dim);
+    let mut sizes: Vec<usize> = if batched {
+        settings.warmup_batch_sizes.clone()
+    } else {
+        vec![1]
+    };
     let big_rows = if batched {
-        max_batch_size.clamp(1, 32)
+        settings.max_batch_size.clamp(1, 32)
     } else {
         1
     };
-    let big = dummy_batch(model.inputs(), big_rows);
-    for instance in 0..model.instances() {
-        for _ in 0..3 {
-            model.infer_on(instance, &one).map_err(LoadError::WarmUp)?;
-            model.infer_on(instance, &big).map_err(LoadError::WarmUp)?;
+    sizes.extend([1, big_rows]);
+    sizes.sort_unstable();
+    sizes.dedup();
+    for &rows in &sizes {
+        let batch = dummy_batch(model.inputs(), rows);
+        for instance in 0..model.instances() {
+            for _ in 0..3 {
+                model
+                    .infer_on(instance, &batch)
+                    .map_err(LoadError::WarmUp)?;
+            }
         }
     }
-    let single = median_us(model, &one, 31)?;
+    let single = median_us(model, &dummy_batch(model.inputs(), 1), 31)?;
     if big_rows == 1 {
         return Ok((single, 0.0));
     }
-    let many = median_us(model, &big, 11)?;
+    let many = median_us(model, &dummy_batch(model.inputs(), big_rows), 11)?;
     Ok((single, ((many - single) / (big_rows - 1) as f64).max(0.0)))
 }

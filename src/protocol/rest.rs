@@ -302,7 +302,7 @@ fn decode_binary(
     let Some(size) = datatype.byte_size() else {
         return decode_binary_bytes(name, shape, count, chunk);
     };
-    let expected = count.checked_mul(size).unwrap_or(usize::MAX);
+    let expected = count.saturating_mul(size);
     if chunk.len() != expected {
         return Err(DecodeError::BinaryLength {
             input: name.to_owned(),

@@ -218,7 +218,8 @@ pub fn element_count(shape: &[i64]) -> Option<usize> {
 
 /// Declared tensor signature: name, datatype and shape with `-1` for a
 /// variable dimension.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TensorSpec {
     pub name: String,
     pub datatype: DataType,

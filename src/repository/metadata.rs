@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelSettings;
+use crate::protocol::TensorSpec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,6 +58,10 @@ pub struct ModelMetadata {
     pub metrics: BTreeMap<String, f64>,
     /// Engine settings for this model (overridable in the gateway config).
     pub runtime: ModelSettings,
+    /// Declared inputs, for formats that carry no typed signature (TorchScript).
+    pub inputs: Vec<TensorSpec>,
+    /// Declared outputs, in the order the model returns them.
+    pub outputs: Vec<TensorSpec>,
 }
 
 impl ModelMetadata {
@@ -82,6 +87,22 @@ impl ModelMetadata {
         }
         if !self.labels.is_empty() && self.task != Some(Task::Classification) {
             return Err("`labels` is only meaningful with task = \"classification\"".into());
+        }
+        for (kind, specs) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            for (i, spec) in specs.iter().enumerate() {
+                if spec.name.is_empty() {
+                    return Err(format!("`{kind}[{i}]`: empty name"));
+                }
+                if specs[..i].iter().any(|s| s.name == spec.name) {
+                    return Err(format!("`{kind}`: '{}' is declared twice", spec.name));
+                }
+                if spec.shape.iter().any(|&d| d < -1 || d == 0) {
+                    return Err(format!(
+                        "`{kind}` '{}': dimensions are positive, or -1 for a variable one",
+                        spec.name
+                    ));
+                }
+            }
         }
         for (name, value) in &self.metrics {
             if !value.is_finite() {

@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod config;
 pub mod deployment;
+pub mod drift;
+pub mod evaluation;
 pub mod protocol;
 pub mod repository;
 pub mod runtime;

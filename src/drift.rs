@@ -1,0 +1,2 @@
+//! Drift monitoring: reference statistics shipped with each model version,
+//! drift scores of live inputs and predictions against them, and alerts.

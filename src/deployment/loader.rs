@@ -184,7 +184,13 @@ fn median_us(model: &dyn Model, batch: &[Tensor], runs: usize) -> Result<f64, Lo
 fn warm_up(model: &dyn Model, settings: &ModelDefaults) -> Result<(f64, f64), LoadError> {
     let batched = model.inputs().iter().all(TensorSpec::has_batch_dim);
     let mut sizes: Vec<usize> = if batched {
-        settings.warmup_batch_sizes.clone()
+        let max = settings.max_batch_size;
+        settings
+            .warmup_batch_sizes
+            .iter()
+            .copied()
+            .filter(|&b| b <= max)
+            .collect()
     } else {
         vec![1]
     };

@@ -15,11 +15,15 @@ CONFIG ?= contender.toml
 run: setup
 	$(CARGO) run --release --features torchscript --bin contender -- serve --config $(CONFIG)
 
-## Every check CI runs: formatting, lints, unit + integration tests (real server, real models, tritonclient).
+## Every check CI runs: formatting, lints (with and without the torchscript feature), unit and
+## integration tests (real server, real models, tritonclient), and the build without libtorch
+## refusing TorchScript models.
 test: setup test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --all-features
+	$(CARGO) test --test torchscript
 
 ## ONNX Runtime and a CPU libtorch from PyPI wheels, hash-checked and cached
 ## (~/.cache/contender; .cache/libtorch links to it for the build).

@@ -44,6 +44,34 @@ pub struct Config {
     pub models: BTreeMap<String, ModelSettings>,
     /// Deployments by the name applications call.
     pub deployments: BTreeMap<String, DeploymentConfig>,
+    /// Durable state: deployments, prediction log, labels, metrics.
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the embedded database (`contender.db`, SQLite in WAL mode).
+    pub data_dir: PathBuf,
+    /// Predictions older than this are dropped from the log (labels for
+    /// them are then refused as expired).
+    pub retention_hours: f64,
+    /// Most predictions kept; beyond it the oldest are evicted (and counted).
+    pub max_predictions: u64,
+    /// Predictions waiting to be written; when full, new ones are dropped
+    /// (and counted) rather than slowing requests.
+    pub queue_capacity: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            data_dir: PathBuf::from("data"),
+            retention_hours: 24.0 * 7.0,
+            max_predictions: 5_000_000,
+            queue_capacity: 65_536,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -210,10 +238,219 @@ impl ModelSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
     pub champion: ModelRef,
+    /// Models that see the same requests as the champion.
+    #[serde(default)]
+    pub challengers: Vec<ChallengerConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub evaluation: EvaluationConfig,
+}
+
+/// How a challenger sees traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChallengerMode {
+    /// Receives a mirrored copy of `fraction` of the requests; its answer is
+    /// recorded, never returned.
+    Shadow,
+    /// Answers `fraction` of live traffic (the champion still sees those
+    /// requests, mirrored, so the two can be compared).
+    Canary,
+}
+
+impl ChallengerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengerMode::Shadow => "shadow",
+            ChallengerMode::Canary => "canary",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengerConfig {
+    pub model: String,
+    pub version: u64,
+    pub mode: ChallengerMode,
+    /// Shadow: share of requests mirrored to it. Canary: share of live
+    /// traffic it answers. Between 0 and 1.
+    #[serde(default = "default_fraction")]
+    pub fraction: f64,
+    /// Worker threads running its mirrored requests (its compute cap).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Mirrored requests waiting for a worker; when full, new ones are
+    /// dropped (and counted), never waited for.
+    #[serde(default = "default_challenger_queue")]
+    pub queue_capacity: usize,
+    /// A mirrored request not answered within this many milliseconds is
+    /// abandoned and counted as a timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_fraction() -> f64 {
+    1.0
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_challenger_queue() -> usize {
+    64
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+impl ChallengerConfig {
+    pub fn model_ref(&self) -> ModelRef {
+        ModelRef {
+            model: self.model.clone(),
+            version: self.version,
+        }
+    }
+
+    /// Checks one challenger; `key` names it in errors.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !valid_name(&self.model) {
+            return Err(ConfigError::new(
+                format!("{key}.model"),
+                "not a valid model name",
+            ));
+        }
+        if self.version == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.version"),
+                "versions start at 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.fraction) {
+            return Err(ConfigError::new(
+                format!("{key}.fraction"),
+                "must be between 0 and 1",
+            ));
+        }
+        for (field, value) in [
+            ("workers", self.workers),
+            ("queue_capacity", self.queue_capacity),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(
+                    format!("{key}.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Canary assignment and shadow sampling.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Request header carrying a routing key (e.g. a user id): requests with
+    /// the same key always get the same canary assignment.
+    pub header: String,
+    /// Request parameter carrying a routing key (used when the header is absent).
+    pub parameter: String,
+    /// Request parameter carrying the segment (e.g. a region) results are broken down by.
+    pub segment_parameter: String,
+    /// Seed of the assignment hash; change it to reshuffle assignments.
+    pub seed: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> RoutingConfig {
+        RoutingConfig {
+            header: "x-routing-key".into(),
+            parameter: "routing_key".into(),
+            segment_parameter: "segment".into(),
+            seed: 0,
+        }
+    }
+}
+
+/// How model quality is measured when labels arrive.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Size of the sliding window of labelled rows, per model.
+    pub window_labels: usize,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> EvaluationConfig {
+        EvaluationConfig {
+            window_labels: 1000,
+        }
+    }
+}
+
+impl DeploymentConfig {
+    /// Checks the deployment's own consistency; `key` is `deployments.<name>`.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.champion.version == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.champion.version"),
+                "versions start at 1",
+            ));
+        }
+        if !valid_name(&self.champion.model) {
+            return Err(ConfigError::new(
+                format!("{key}.champion.model"),
+                "not a valid model name",
+            ));
+        }
+        let mut canary_share = 0.0;
+        for (i, c) in self.challengers.iter().enumerate() {
+            let ckey = format!("{key}.challengers[{i}]");
+            c.validate(&ckey)?;
+            if c.model_ref() == self.champion {
+                return Err(ConfigError::new(
+                    ckey,
+                    format!("{} is the champion", self.champion),
+                ));
+            }
+            if self.challengers[..i]
+                .iter()
+                .any(|o| o.model_ref() == c.model_ref())
+            {
+                return Err(ConfigError::new(
+                    ckey,
+                    format!("{} is listed twice", c.model_ref()),
+                ));
+            }
+            if c.mode == ChallengerMode::Canary {
+                canary_share += c.fraction;
+            }
+        }
+        if canary_share > 1.0 + 1e-9 {
+            return Err(ConfigError::new(
+                format!("{key}.challengers"),
+                format!("canary fractions add up to {canary_share}, more than all traffic"),
+            ));
+        }
+        if self.evaluation.window_labels == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.evaluation.window_labels"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A model version in the repository.
@@ -292,6 +529,9 @@ impl Config {
         if self.repository.path.is_relative() {
             self.repository.path = base.join(&self.repository.path);
         }
+        if self.store.data_dir.is_relative() {
+            self.store.data_dir = base.join(&self.store.data_dir);
+        }
         if let Some(lib) = &self.runtime.onnxruntime_library
             && lib.is_relative()
         {
@@ -328,18 +568,19 @@ impl Config {
                     "a deployment name uses letters, digits, '_', '-' and '.', and does not start with '.' or '_'",
                 ));
             }
-            if d.champion.version == 0 {
-                return Err(ConfigError::new(
-                    format!("{key}.champion.version"),
-                    "versions start at 1",
-                ));
-            }
-            if !valid_name(&d.champion.model) {
-                return Err(ConfigError::new(
-                    format!("{key}.champion.model"),
-                    "not a valid model name",
-                ));
-            }
+            d.validate(&key)?;
+        }
+        if !(self.store.retention_hours > 0.0 && self.store.retention_hours.is_finite()) {
+            return Err(ConfigError::new(
+                "store.retention_hours",
+                "must be a positive number",
+            ));
+        }
+        if self.store.max_predictions == 0 || self.store.queue_capacity == 0 {
+            return Err(ConfigError::new(
+                "store",
+                "max_predictions and queue_capacity must be at least 1",
+            ));
         }
         Ok(())
     }

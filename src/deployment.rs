@@ -5,20 +5,28 @@
 //! `load_full()` snapshot and finishes on the model it started with, whatever
 //! replaces the set meanwhile.
 
+mod live;
 mod loader;
 mod stats;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::{Deserialize, Serialize};
 
+pub use live::{LiveSet, Member, MemberStats, MemberStatsSnapshot, compatible};
 pub use loader::{LoadError, LoadedModel, dummy_batch, load_model};
 pub use stats::{ModelStats, ModelStatsSnapshot};
 
-use crate::config::{Config, ConfigError, ModelRef, ModelSettings, Preload};
+use crate::config::{
+    ChallengerConfig, ChallengerMode, Config, ConfigError, DeploymentConfig, ModelRef,
+    ModelSettings, Preload,
+};
+use crate::evaluation::Evaluator;
 use crate::repository::{ModelEntry, Repository, RepositoryError};
+use crate::store::{Store, StoreError, StoreSettings};
 use crate::telemetry;
 
 /// Where a model version stands.
@@ -41,22 +49,70 @@ impl ModelState {
     }
 }
 
-/// What a deployment answers with right now.
-pub struct LiveSet {
-    pub champion: Arc<LoadedModel>,
-}
-
+/// A deployment: its state (champion, challengers, routing) and the live
+/// set built from it.
 pub struct Deployment {
     pub name: String,
-    pub champion: ModelRef,
+    pub name_arc: Arc<str>,
+    state: Mutex<DeploymentConfig>,
     live: ArcSwapOption<LiveSet>,
+    member_stats: Mutex<HashMap<ModelRef, Arc<MemberStats>>>,
+    /// Serialises changes (admin API, promotion); held across loading.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Deployment {
+    fn new(name: &str, state: DeploymentConfig) -> Deployment {
+        Deployment {
+            name: name.to_owned(),
+            name_arc: Arc::from(name),
+            state: Mutex::new(state),
+            live: ArcSwapOption::empty(),
+            member_stats: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// The live set, or `None` while the champion is loading (or failed).
     pub fn live(&self) -> Option<Arc<LiveSet>> {
         self.live.load_full()
     }
+
+    /// The deployment's current state.
+    pub fn state(&self) -> DeploymentConfig {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_state(&self, state: DeploymentConfig) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Counters of one member, kept across live-set changes.
+    pub fn member_stats(&self, m: &ModelRef) -> Arc<MemberStats> {
+        let mut map = self.member_stats.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(m.clone()).or_default())
+    }
+}
+
+/// Why a change to a deployment was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the store keeps per deployment: the config entry it was seeded from
+/// and the state now (after admin changes).
+#[derive(Serialize, Deserialize)]
+struct StoredDeployment {
+    seed: DeploymentConfig,
+    state: DeploymentConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +121,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 type ModelTable = BTreeMap<String, BTreeMap<u64, ModelState>>;
@@ -76,54 +134,111 @@ pub struct Gateway {
     models: ArcSwap<ModelTable>,
     deployments: BTreeMap<String, Deployment>,
     ready: AtomicBool,
+    store: Store,
+    /// Deployments whose seed the store does not hold yet.
+    unsaved: Mutex<Vec<String>>,
+}
+
+fn missing_model(repository: &Repository, r: &ModelRef) -> Option<String> {
+    if repository.get(&r.model, r.version).is_some() {
+        return None;
+    }
+    let versions = repository.versions(&r.model);
+    Some(if versions.is_empty() {
+        let why = repository
+            .problems()
+            .iter()
+            .find(|p| p.name.as_deref() == Some(&r.model))
+            .map(|p| format!(" ({}: {})", p.path.display(), p.reason))
+            .unwrap_or_default();
+        format!(
+            "model '{}' is not in the repository at {}{why}",
+            r.model,
+            repository.root().display()
+        )
+    } else {
+        format!(
+            "model '{}' has no valid version {} (valid versions: {versions:?})",
+            r.model, r.version
+        )
+    })
 }
 
 impl Gateway {
-    /// Scans the repository and checks every deployment's champion exists.
-    /// Loads nothing yet: see [`Gateway::load`].
+    /// Scans the repository, opens the store, and settles each deployment's
+    /// state: the stored one when the config entry is unchanged since it was
+    /// stored (so admin changes survive restarts), else the config's.
+    /// Loads no model yet: see [`Gateway::load`].
     pub fn new(config: Config) -> Result<Gateway, StartError> {
         let repository = Repository::scan(&config.repository.path)?;
-        let mut deployments = BTreeMap::new();
         for (name, d) in &config.deployments {
-            let champion = &d.champion;
-            if repository.get(&champion.model, champion.version).is_none() {
-                let versions = repository.versions(&champion.model);
-                let reason = if versions.is_empty() {
-                    let why = repository
-                        .problems()
-                        .iter()
-                        .find(|p| p.name.as_deref() == Some(&champion.model))
-                        .map(|p| format!(" ({}: {})", p.path.display(), p.reason))
-                        .unwrap_or_default();
-                    format!(
-                        "model '{}' is not in the repository at {}{why}",
-                        champion.model,
-                        repository.root().display()
-                    )
-                } else {
-                    format!(
-                        "model '{}' has no valid version {} (valid versions: {versions:?})",
-                        champion.model, champion.version
-                    )
-                };
+            if let Some(reason) = missing_model(&repository, &d.champion) {
                 return Err(
                     ConfigError::new(format!("deployments.{name}.champion"), reason).into(),
                 );
             }
-            deployments.insert(
-                name.clone(),
-                Deployment {
-                    name: name.clone(),
-                    champion: champion.clone(),
-                    live: ArcSwapOption::empty(),
-                },
-            );
+            for (i, c) in d.challengers.iter().enumerate() {
+                if let Some(reason) = missing_model(&repository, &c.model_ref()) {
+                    return Err(ConfigError::new(
+                        format!("deployments.{name}.challengers[{i}]"),
+                        reason,
+                    )
+                    .into());
+                }
+            }
         }
+        let evaluator = Arc::new(Evaluator::default());
+        let store = Store::open(
+            &config.store.data_dir,
+            StoreSettings {
+                retention_ms: (config.store.retention_hours * 3_600_000.0) as i64,
+                max_predictions: config.store.max_predictions,
+                queue_capacity: config.store.queue_capacity,
+            },
+            Arc::clone(&evaluator),
+        )?;
+        let stored: HashMap<String, String> = store.load_deployments()?.into_iter().collect();
+        let mut deployments = BTreeMap::new();
+        let mut unsaved = Vec::new();
+        for (name, seed) in &config.deployments {
+            let state = match stored
+                .get(name)
+                .map(|s| serde_json::from_str::<StoredDeployment>(s))
+            {
+                Some(Ok(s)) if &s.seed == seed => match usable(&repository, s.state) {
+                    Ok(state) => state,
+                    Err(why) => {
+                        tracing::warn!(deployment = %name, reason = %why, "stored state is not usable; starting from the config");
+                        unsaved.push(name.clone());
+                        seed.clone()
+                    }
+                },
+                Some(Ok(_)) => {
+                    tracing::warn!(deployment = %name, "the config entry changed since the state was stored; starting from the config (runtime changes are replaced)");
+                    unsaved.push(name.clone());
+                    seed.clone()
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(deployment = %name, error = %e, "stored state is unreadable; starting from the config");
+                    unsaved.push(name.clone());
+                    seed.clone()
+                }
+                None => {
+                    unsaved.push(name.clone());
+                    seed.clone()
+                }
+            };
+            evaluator.configure(name, state.evaluation.window_labels);
+            deployments.insert(name.clone(), Deployment::new(name, state));
+        }
+        store.restore()?;
         let mut table = ModelTable::new();
         for entry in repository.entries() {
-            let state = if config.repository.preload == Preload::All
-                || deployments.values().any(|d| is(&d.champion, entry))
-            {
+            let used = deployments.values().any(|d| {
+                let s = d.state();
+                is(&s.champion, entry) || s.challengers.iter().any(|c| is(&c.model_ref(), entry))
+            });
+            let state = if config.repository.preload == Preload::All || used {
                 ModelState::Loading
             } else {
                 ModelState::Unavailable("not loaded (repository.preload = \"deployed\")".into())
@@ -140,21 +255,51 @@ impl Gateway {
             models: ArcSwap::from_pointee(table),
             deployments,
             ready: AtomicBool::new(false),
+            store,
+            unsaved: Mutex::new(unsaved),
         })
     }
 
-    /// Loads and warms every model to load, champions first, each on a
-    /// blocking thread. The gateway turns ready once every champion is live.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn evaluator(&self) -> &Arc<Evaluator> {
+        self.store.evaluator()
+    }
+
+    /// Loads and warms every model to load — champions first, then
+    /// challengers, then the rest — each on a blocking thread. The gateway
+    /// turns ready once every champion is live; challengers join their live
+    /// sets as they finish loading.
     pub async fn load(self: &Arc<Self>) {
+        let pending: Vec<String> =
+            std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()));
+        for name in pending {
+            if let Some(d) = self.deployments.get(&name)
+                && let Err(e) = self.save(d, &d.state()).await
+            {
+                tracing::error!(deployment = %name, error = %e, "cannot store the deployment's state");
+            }
+        }
         let mut order: Vec<Arc<ModelEntry>> = Vec::new();
-        for d in self.deployments.values() {
-            if let Some(e) = self.repository.get(&d.champion.model, d.champion.version)
+        let push = |order: &mut Vec<Arc<ModelEntry>>, r: &ModelRef| {
+            if let Some(e) = self.repository.get(&r.model, r.version)
                 && !order.iter().any(|o| Arc::ptr_eq(o, e))
             {
                 order.push(Arc::clone(e));
             }
+        };
+        for d in self.deployments.values() {
+            push(&mut order, &d.state().champion);
         }
         let champions = order.len();
+        for d in self.deployments.values() {
+            for c in d.state().challengers {
+                push(&mut order, &c.model_ref());
+            }
+        }
+        let deployed = order.len();
         for e in self.repository.entries() {
             if !order.iter().any(|o| Arc::ptr_eq(o, e))
                 && matches!(self.state(&e.name, e.version), Some(ModelState::Loading))
@@ -162,18 +307,34 @@ impl Gateway {
                 order.push(Arc::clone(e));
             }
         }
+        if champions == 0 {
+            self.publish_all();
+        }
         for (i, entry) in order.into_iter().enumerate() {
             self.load_one(entry).await;
-            if i + 1 == champions {
-                self.publish_champions();
+            if i + 1 == champions || (i + 1 > champions && i < deployed) {
+                self.publish_all();
             }
-        }
-        if champions == 0 {
-            self.publish_champions();
         }
     }
 
-    async fn load_one(&self, entry: Arc<ModelEntry>) {
+    /// Durably records a deployment's state.
+    async fn save(&self, d: &Deployment, state: &DeploymentConfig) -> Result<(), StoreError> {
+        let seed = self
+            .config
+            .deployments
+            .get(&d.name)
+            .cloned()
+            .unwrap_or_else(|| state.clone());
+        let json = serde_json::to_string(&StoredDeployment {
+            seed,
+            state: state.clone(),
+        })
+        .expect("deployment state serialises");
+        self.store.save_deployment(&d.name, json).await
+    }
+
+    async fn load_one(&self, entry: Arc<ModelEntry>) -> ModelState {
         let settings = self
             .config
             .models
@@ -204,26 +365,183 @@ impl Gateway {
                 .insert(version, state.clone());
             table
         });
+        state
     }
 
-    fn publish_champions(&self) {
+    /// Builds every deployment's live set from its state and what is loaded;
+    /// ready once every champion is live.
+    fn publish_all(&self) {
         let mut all = true;
         for d in self.deployments.values() {
-            match self.state(&d.champion.model, d.champion.version) {
-                Some(ModelState::Ready(m)) => d.live.store(Some(Arc::new(LiveSet { champion: m }))),
-                _ => {
+            match self.build_live(d, &d.state()) {
+                Ok(live) => d.live.store(Some(Arc::new(live))),
+                Err(why) => {
                     all = false;
-                    tracing::error!(deployment = %d.name, champion = %d.champion, "champion is not available; the deployment cannot serve");
+                    tracing::error!(deployment = %d.name, reason = %why, "the deployment cannot serve");
                 }
             }
         }
-        if all {
-            self.ready.store(true, Ordering::Release);
+        if all && !self.ready.swap(true, Ordering::AcqRel) {
             tracing::info!(
                 deployments = self.deployments.len(),
                 "every champion is loaded and warmed: ready"
             );
         }
+    }
+
+    fn ready_model(&self, r: &ModelRef) -> Result<Arc<LoadedModel>, String> {
+        match self.state(&r.model, r.version) {
+            Some(ModelState::Ready(m)) => Ok(m),
+            Some(ModelState::Loading) => Err(format!("{r} is loading")),
+            Some(ModelState::Unavailable(why)) => Err(format!("{r} is unavailable: {why}")),
+            None => Err(format!("{r} is not in the repository")),
+        }
+    }
+
+    /// A live set for `state`; challengers not loaded (yet) are left out.
+    fn build_live(&self, d: &Deployment, state: &DeploymentConfig) -> Result<LiveSet, String> {
+        let champion = self
+            .ready_model(&state.champion)
+            .map_err(|e| format!("champion {e}"))?;
+        let has_canary = state
+            .challengers
+            .iter()
+            .any(|c| c.mode == ChallengerMode::Canary);
+        let champion = Arc::new(Member::new(
+            champion,
+            None,
+            has_canary,
+            d.member_stats(&state.champion),
+        ));
+        let mut challengers = Vec::new();
+        let mut routes = Vec::new();
+        for c in &state.challengers {
+            match self.ready_model(&c.model_ref()) {
+                Ok(m) => {
+                    if let Err(why) =
+                        compatible(champion.model.model().inputs(), m.model().inputs())
+                    {
+                        tracing::error!(deployment = %d.name, challenger = %c.model_ref(), reason = %why, "challenger left out: incompatible with the champion");
+                        continue;
+                    }
+                    routes.push((c.mode, c.fraction));
+                    challengers.push(Arc::new(Member::new(
+                        m,
+                        Some(c.clone()),
+                        true,
+                        d.member_stats(&c.model_ref()),
+                    )));
+                }
+                Err(why) if why.ends_with("is loading") => {
+                    tracing::debug!(deployment = %d.name, challenger = %c.model_ref(), "challenger joins once loaded");
+                }
+                Err(why) => {
+                    tracing::warn!(deployment = %d.name, challenger = %c.model_ref(), reason = %why, "challenger is not live");
+                }
+            }
+        }
+        Ok(LiveSet {
+            champion,
+            challengers,
+            routes,
+            routing: state.routing.clone(),
+        })
+    }
+
+    /// Makes sure a model version is loaded (loading it now if it was not
+    /// preloaded) and returns it.
+    async fn ensure_loaded(&self, r: &ModelRef) -> Result<Arc<LoadedModel>, ChangeError> {
+        match self.state(&r.model, r.version) {
+            Some(ModelState::Ready(m)) => Ok(m),
+            Some(ModelState::Loading) => Err(ChangeError::Unavailable(format!(
+                "{r} is still loading; retry shortly"
+            ))),
+            None => Err(ChangeError::NotFound(
+                missing_model(&self.repository, r)
+                    .unwrap_or_else(|| format!("{r} is not in the repository")),
+            )),
+            Some(ModelState::Unavailable(_)) => {
+                let entry = Arc::clone(
+                    self.repository
+                        .get(&r.model, r.version)
+                        .expect("indexed models exist"),
+                );
+                match self.load_one(entry).await {
+                    ModelState::Ready(m) => Ok(m),
+                    ModelState::Unavailable(why) => {
+                        Err(ChangeError::Invalid(format!("{r} failed to load: {why}")))
+                    }
+                    ModelState::Loading => Err(ChangeError::Unavailable(format!("{r} is loading"))),
+                }
+            }
+        }
+    }
+
+    /// Adds a challenger: loads, validates and warms it before it takes
+    /// traffic, stores the change, then swaps the live set. A failure
+    /// changes nothing.
+    pub async fn add_challenger(
+        &self,
+        deployment: &str,
+        c: ChallengerConfig,
+    ) -> Result<DeploymentConfig, ChangeError> {
+        let d = self
+            .deployment(deployment)
+            .ok_or_else(|| ChangeError::NotFound(format!("unknown deployment '{deployment}'")))?;
+        let _guard = d.changes.lock().await;
+        let mut state = d.state();
+        state.challengers.push(c.clone());
+        state
+            .validate(&format!("deployments.{deployment}"))
+            .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.key, e.reason)))?;
+        let model = self.ensure_loaded(&c.model_ref()).await?;
+        let champion = self
+            .ready_model(&state.champion)
+            .map_err(ChangeError::Unavailable)?;
+        compatible(champion.model().inputs(), model.model().inputs()).map_err(|why| {
+            ChangeError::Invalid(format!(
+                "{} cannot challenge {}: {why}",
+                c.model_ref(),
+                state.champion
+            ))
+        })?;
+        self.apply(d, state).await
+    }
+
+    /// Removes a challenger; its in-flight mirrored requests finish.
+    pub async fn remove_challenger(
+        &self,
+        deployment: &str,
+        r: &ModelRef,
+    ) -> Result<DeploymentConfig, ChangeError> {
+        let d = self
+            .deployment(deployment)
+            .ok_or_else(|| ChangeError::NotFound(format!("unknown deployment '{deployment}'")))?;
+        let _guard = d.changes.lock().await;
+        let mut state = d.state();
+        let before = state.challengers.len();
+        state.challengers.retain(|c| &c.model_ref() != r);
+        if state.challengers.len() == before {
+            return Err(ChangeError::NotFound(format!(
+                "{r} is not a challenger of '{deployment}'"
+            )));
+        }
+        self.apply(d, state).await
+    }
+
+    /// Stores `state`, then makes it live in one atomic swap.
+    async fn apply(
+        &self,
+        d: &Deployment,
+        state: DeploymentConfig,
+    ) -> Result<DeploymentConfig, ChangeError> {
+        let live = self
+            .build_live(d, &state)
+            .map_err(ChangeError::Unavailable)?;
+        self.save(d, &state).await?;
+        d.set_state(state.clone());
+        d.live.store(Some(Arc::new(live)));
+        Ok(state)
     }
 
     /// Ready once every deployment's champion is loaded and warmed.
@@ -277,6 +595,25 @@ impl Gateway {
             })
             .collect()
     }
+}
+
+/// A stored state whose models all exist in the repository (challengers that
+/// no longer exist are dropped).
+fn usable(
+    repository: &Repository,
+    mut state: DeploymentConfig,
+) -> Result<DeploymentConfig, String> {
+    if let Some(why) = missing_model(repository, &state.champion) {
+        return Err(format!("its champion is gone: {why}"));
+    }
+    state.challengers.retain(|c| match missing_model(repository, &c.model_ref()) {
+        Some(why) => {
+            tracing::warn!(challenger = %c.model_ref(), reason = %why, "dropping a stored challenger");
+            false
+        }
+        None => true,
+    });
+    Ok(state)
 }
 
 fn is(r: &ModelRef, e: &ModelEntry) -> bool {

@@ -2,3 +2,11 @@
 //! and the statistical comparison of challengers with the champion.
 
 pub mod metrics;
+
+mod evaluator;
+pub mod prediction;
+
+pub use evaluator::{
+    DeploymentEvalSnapshot, Evaluator, ModelEval, ModelEvalSnapshot, ModelKey, key_label,
+};
+pub mod sequential;

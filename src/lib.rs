@@ -10,6 +10,8 @@ pub mod protocol;
 pub mod repository;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod telemetry;
+pub mod traffic;
 
 pub use config::Config;

@@ -27,7 +27,7 @@ pub mod torchscript;
 
 use std::path::Path;
 
-pub use runner::{ExecutionPlan, Runner, RunnerError, Timings};
+pub use runner::{ExecutionPlan, Pending, Runner, RunnerError, Timings};
 
 use crate::protocol::{Tensor, TensorSpec};
 

@@ -1,6 +1,9 @@
 //! HTTP assembly: the app factory, binding, serving and draining.
 
+mod admin;
 mod body;
+mod feedback;
+mod infer;
 mod v2;
 
 use std::future::Future;
@@ -34,7 +37,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v2/models/stats", get(v2::all_stats))
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))
-        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route("/v2/models/{name}/infer", post(infer::infer))
+        .route("/v2/models/{name}/feedback", post(feedback::feedback))
         .route("/v2/models/{name}/config", get(v2::model_config))
         .route("/v2/models/{name}/stats", get(v2::model_stats))
         .route(
@@ -47,7 +51,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route(
             "/v2/models/{name}/versions/{version}/infer",
-            post(v2::infer_v),
+            post(infer::infer_v),
         )
         .route(
             "/v2/models/{name}/versions/{version}/config",
@@ -59,6 +63,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/v2/repository/index", post(v2::repository_index))
         .route("/metrics", get(v2::metrics))
+        .route("/admin/deployments", get(admin::list))
+        .route("/admin/deployments/{name}", get(admin::detail))
+        .route(
+            "/admin/deployments/{name}/challengers",
+            post(admin::add_challenger),
+        )
+        .route(
+            "/admin/deployments/{name}/challengers/{model}/{version}",
+            axum::routing::delete(admin::remove_challenger),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -121,6 +135,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let gateway = Arc::clone(&self.state.gateway);
+        let gateway_for_flush = Arc::clone(&gateway);
         let loading = tokio::spawn(async move { gateway.load().await });
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -148,6 +163,10 @@ impl Server {
             }
         };
         loading.abort();
+        // Predictions still queued for the log are written before exit.
+        if let Err(e) = gateway_for_flush.store().flush().await {
+            tracing::warn!(error = %e, "could not flush the prediction log");
+        }
         result
     }
 }

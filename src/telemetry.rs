@@ -25,6 +25,13 @@ pub const MODEL_LOAD_DURATION: &str = "contender_model_load_duration_seconds";
 pub const MODEL_LOAD_FAILURES: &str = "contender_model_load_failures_total";
 pub const MODELS_READY: &str = "contender_models_ready";
 pub const MODEL_INLINE_MAX_ROWS: &str = "contender_model_inline_max_rows";
+pub const MIRROR_DROPPED: &str = "contender_mirror_dropped_total";
+pub const MIRROR_FAILED: &str = "contender_mirror_failures_total";
+pub const FEEDBACK_LABELS: &str = "contender_feedback_labels_total";
+pub const PREDICTIONS_DROPPED: &str = "contender_prediction_log_dropped_total";
+pub const PREDICTIONS_EVICTED: &str = "contender_prediction_log_evicted_total";
+pub const STORE_BATCH_ROWS: &str = "contender_store_batch_rows";
+pub const STORE_BATCH_DURATION: &str = "contender_store_batch_duration_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -92,6 +99,35 @@ fn describe() {
     describe_gauge!(
         MODEL_INLINE_MAX_ROWS,
         "Largest batch run inline on the async runtime (0 = always on workers)."
+    );
+    describe_counter!(
+        FEEDBACK_LABELS,
+        "Labels posted, by deployment and status (accepted, duplicate, ...)."
+    );
+    describe_counter!(
+        MIRROR_DROPPED,
+        "Mirrored requests dropped because the challenger's queue was full."
+    );
+    describe_counter!(
+        MIRROR_FAILED,
+        "Mirrored requests that failed or timed out, by error_type."
+    );
+    describe_counter!(
+        PREDICTIONS_DROPPED,
+        "Predictions not logged because the store's queue was full."
+    );
+    describe_counter!(
+        PREDICTIONS_EVICTED,
+        "Predictions removed from the log by retention or the size cap."
+    );
+    describe_histogram!(
+        STORE_BATCH_ROWS,
+        "Predictions written per store transaction."
+    );
+    describe_histogram!(
+        STORE_BATCH_DURATION,
+        metrics::Unit::Seconds,
+        "Time to write one batch of predictions."
     );
 }
 
@@ -165,6 +201,46 @@ pub fn models_ready() -> Gauge {
 pub fn load_failed(model: &str, version: u64) {
     counter!(MODEL_LOAD_FAILURES, "model" => model.to_owned(), "version" => version.to_string())
         .increment(1);
+}
+
+pub fn mirror_dropped(deployment: &str, model: &str, version: u64) {
+    counter!(MIRROR_DROPPED, "deployment" => deployment.to_owned(), "model" => model.to_owned(), "version" => version.to_string())
+        .increment(1);
+}
+
+pub fn mirror_failed(deployment: &str, model: &str, version: u64, error_type: &'static str) {
+    counter!(
+        MIRROR_FAILED,
+        "deployment" => deployment.to_owned(),
+        "model" => model.to_owned(),
+        "version" => version.to_string(),
+        "error_type" => error_type
+    )
+    .increment(1);
+}
+
+pub fn feedback(deployment: &str, results: &[crate::store::FeedbackResult]) {
+    for r in results {
+        let status = serde_json::to_value(r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        counter!(FEEDBACK_LABELS, "deployment" => deployment.to_owned(), "status" => status)
+            .increment(1);
+    }
+}
+
+pub fn predictions_dropped(n: u64) {
+    counter!(PREDICTIONS_DROPPED).increment(n);
+}
+
+pub fn predictions_evicted(n: u64) {
+    counter!(PREDICTIONS_EVICTED).increment(n);
+}
+
+pub fn store_batch(rows: usize, took: Duration) {
+    histogram!(STORE_BATCH_ROWS).record(rows as f64);
+    histogram!(STORE_BATCH_DURATION).record(took.as_secs_f64());
 }
 
 /// Structured logs to stderr; `RUST_LOG` filters (default `info`).

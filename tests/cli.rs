@@ -42,6 +42,9 @@ fn contender() -> Command {
         }
     }
     cmd.env("NO_COLOR", "1").env("RUST_LOG", "info");
+    // Keep the durable state of these runs out of the repository's `data/`.
+    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-data");
+    cmd.env("CONTENDER_STORE__DATA_DIR", data);
     cmd
 }
 

@@ -2,12 +2,17 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 /// Labels exact, probabilities within `tol`.
 #[cfg(feature = "torchscript")]
-fn assert_matches_expected(resp: &Value, expected: &Value, rows: &[usize], tol: f64) {
+fn assert_matches_expected(
+    resp: &serde_json::Value,
+    expected: &serde_json::Value,
+    rows: &[usize],
+    tol: f64,
+) {
     let labels = i64_data(output(resp, "label"));
     let probs = f64_data(output(resp, "probabilities"));
     assert_eq!(labels.len(), rows.len());
@@ -93,7 +98,7 @@ async fn onnx_champion_and_torchscript_model_answer_from_one_process() {
 async fn torchscript_bad_input_gets_the_same_v2_errors_as_onnx() {
     let s = TestServer::start().await;
     let row: Vec<f64> = breast_cancer_features()[0].clone();
-    let cases: Vec<(Value, &[&str])> = vec![
+    let cases: Vec<(serde_json::Value, &[&str])> = vec![
         // wrong shape
         (
             json!({"inputs": [{"name": "input", "shape": [1, 29], "datatype": "FP32", "data": &row[..29]}]}),

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::stats::ModelStats;
-use crate::config::{Execution, ModelDefaults};
+use crate::config::{Execution, ModelDefaults, ModelRef};
+use crate::evaluation::prediction::PredictionReader;
 use crate::protocol::{DataType, Tensor, TensorData, TensorSpec};
 use crate::repository::{ModelEntry, Task};
 use crate::runtime::{self, EngineSettings, ExecutionPlan, Model, Runner};
@@ -14,6 +15,10 @@ use crate::telemetry::ModelMetrics;
 /// A model version loaded, warmed and ready to take traffic.
 pub struct LoadedModel {
     pub entry: Arc<ModelEntry>,
+    /// The model name, shared by every prediction record.
+    pub name_arc: Arc<str>,
+    /// How its outputs read as predictions (from the task and signature).
+    pub reader: PredictionReader,
     /// The version as the protocol spells it (`"1"`).
     pub version_label: String,
     pub runner: Runner,
@@ -35,6 +40,13 @@ impl LoadedModel {
 
     pub fn model(&self) -> &Arc<dyn Model> {
         self.runner.model()
+    }
+
+    pub fn model_ref(&self) -> ModelRef {
+        ModelRef {
+            model: self.entry.name.clone(),
+            version: self.entry.version,
+        }
     }
 }
 
@@ -96,7 +108,10 @@ pub fn load_model(
         instances = settings.instances,
         "model loaded and warmed"
     );
+    let reader = PredictionReader::for_model(entry.metadata.task, runner.model().outputs());
     Ok(LoadedModel {
+        name_arc: Arc::from(entry.name.as_str()),
+        reader,
         version_label: entry.version.to_string(),
         entry,
         runner,

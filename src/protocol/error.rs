@@ -18,6 +18,12 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// Verb not served on this route.
     MethodNotAllowed,
+    /// The request contradicts stored state (e.g. a different label).
+    Conflict,
+    /// What was asked for existed but has expired.
+    Gone,
+    /// Missing or wrong credentials.
+    Unauthorized,
     /// Content type or encoding not served.
     UnsupportedMediaType,
     /// Model loading, not ready, or its queue is full.
@@ -35,6 +41,9 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Gone => "gone",
+            ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Unsupported => "unsupported",
@@ -48,6 +57,9 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Gone => StatusCode::GONE,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,

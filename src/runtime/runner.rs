@@ -102,9 +102,22 @@ impl Runner {
         plan: ExecutionPlan,
         queue_capacity: usize,
     ) -> Runner {
+        let workers = model.instances();
+        Runner::start_workers(label, model, plan, queue_capacity, workers)
+    }
+
+    /// Starts `workers` worker threads (a compute cap) fed by a queue of
+    /// `queue_capacity` requests.
+    pub fn start_workers(
+        label: &str,
+        model: Arc<dyn Model>,
+        plan: ExecutionPlan,
+        queue_capacity: usize,
+        workers: usize,
+    ) -> Runner {
         let capacity = queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
-        for instance in 0..model.instances() {
+        for instance in 0..workers.max(1) {
             let rx = rx.clone();
             let model = Arc::clone(&model);
             std::thread::Builder::new()
@@ -140,6 +153,28 @@ impl Runner {
     /// Requests waiting in the worker queue right now.
     pub fn queue_depth(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Queues one batch on the workers without waiting for a place: refused
+    /// at once when the queue is full. Await the result with [`Pending::wait`].
+    pub fn try_submit(&self, inputs: Vec<Tensor>) -> Result<Pending, RunnerError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            inputs,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(Pending {
+                rx,
+                label: self.label.clone(),
+            }),
+            Err(TrySendError::Full(_)) => Err(RunnerError::QueueFull {
+                model: self.label.clone(),
+                capacity: self.capacity,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(RunnerError::Stopped(self.label.clone())),
+        }
     }
 
     /// Runs one batch of `rows` rows. Inline when the plan says it is cheaper
@@ -180,6 +215,29 @@ impl Runner {
         let (result, queue, infer) = rx
             .await
             .map_err(|_| RunnerError::Stopped(self.label.clone()))?;
+        Ok((
+            result?,
+            Timings {
+                queue,
+                infer,
+                ..Timings::default()
+            },
+        ))
+    }
+}
+
+/// A batch queued by [`Runner::try_submit`].
+pub struct Pending {
+    rx: oneshot::Receiver<JobResult>,
+    label: String,
+}
+
+impl Pending {
+    pub async fn wait(self) -> Result<(Vec<Tensor>, Timings), RunnerError> {
+        let (result, queue, infer) = self
+            .rx
+            .await
+            .map_err(|_| RunnerError::Stopped(self.label))?;
         Ok((
             result?,
             Timings {

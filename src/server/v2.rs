@@ -1,25 +1,18 @@
 //! Open Inference Protocol REST handlers, plus Triton's binary tensor data,
 //! model configuration, statistics and repository-index extensions.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::body;
 use crate::deployment::{Gateway, LoadedModel, ModelState};
-use crate::protocol::rest::{self, HEADER_CONTENT_LENGTH, InferResponse};
-use crate::protocol::validate::{bind_inputs, check_outputs};
-use crate::protocol::{ApiError, ErrorKind, Tensor, TensorSpec};
-use crate::runtime::{RunnerError, RuntimeError, Timings};
+use crate::protocol::{ApiError, ErrorKind, TensorSpec};
 
 /// Response header echoing the request id, for posting feedback later.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -49,7 +42,7 @@ pub async fn ready(State(s): Shared) -> Response {
 }
 
 /// What a `{name}[/versions/{v}]` path designates.
-enum Target {
+pub(super) enum Target {
     Deployment(String),
     Model(String),
 }
@@ -67,7 +60,7 @@ fn parse_version(v: &str) -> Result<u64, ApiError> {
 ///   (its newest ready version answers).
 /// - `{name}/versions/{v}`: version `v` of repository model `{name}`; when
 ///   `{name}` is only a deployment, version `v` of its champion's model.
-fn resolve(
+pub(super) fn resolve(
     g: &Gateway,
     name: &str,
     version: Option<&str>,
@@ -77,12 +70,12 @@ fn resolve(
             let live = d.live().ok_or_else(|| {
                 ApiError::unavailable(format!(
                     "deployment '{name}' is not ready: its champion {} is loading or failed to load",
-                    d.champion
+                    d.state().champion
                 ))
             })?;
             return Ok((
                 Target::Deployment(name.to_owned()),
-                Arc::clone(&live.champion),
+                Arc::clone(&live.champion.model),
             ));
         }
         if g.repository().contains_model(name) {
@@ -94,10 +87,12 @@ fn resolve(
         return Err(unknown(name));
     };
     let v = parse_version(version)?;
+    let champion_model: String;
     let model = if g.repository().contains_model(name) {
         name
     } else if let Some(d) = g.deployment(name) {
-        d.champion.model.as_str()
+        champion_model = d.state().champion.model;
+        champion_model.as_str()
     } else {
         return Err(unknown(name));
     };
@@ -335,189 +330,4 @@ pub async fn metrics(State(s): Shared) -> Response {
         s.prometheus.render(),
     )
         .into_response()
-}
-
-pub async fn infer(
-    State(s): Shared,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_impl(&s, &name, None, &headers, body).await
-}
-
-pub async fn infer_v(
-    State(s): Shared,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_impl(&s, &name, Some(&version), &headers, body).await
-}
-
-async fn infer_impl(
-    s: &AppState,
-    name: &str,
-    version: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let model = match resolve(&s.gateway, name, version) {
-        Ok((_, m)) => m,
-        Err(e) => return e.into_response(),
-    };
-    match run_inference(s, &model, headers, body, started).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            model.stats.failure(started.elapsed());
-            model.metrics.failure(e.kind());
-            e.into_response()
-        }
-    }
-}
-
-async fn run_inference(
-    s: &AppState,
-    model: &LoadedModel,
-    headers: &HeaderMap,
-    body: Body,
-    started: Instant,
-) -> Result<Response, ApiError> {
-    let limit = s.gateway.config().server.max_body_bytes;
-    let bytes = body::read(headers, body, limit).await?;
-    let json_len = body::json_header_length(headers)?;
-    let decode_started = Instant::now();
-    let request = rest::decode_request(&bytes, json_len)?;
-    drop(bytes);
-    let engine = model.model();
-    let rest::InferRequest {
-        id,
-        inputs,
-        outputs: requested,
-        binary_data_output,
-        ..
-    } = request;
-    let (inputs, rows) = bind_inputs(
-        model.name(),
-        inputs,
-        engine.inputs(),
-        model.settings.max_batch_size,
-    )?;
-    check_outputs(model.name(), &requested, engine.outputs())?;
-    let decode = decode_started.elapsed();
-
-    let (outputs, mut timings) = model
-        .runner
-        .run(inputs, rows)
-        .await
-        .map_err(|e| runner_error(model, e))?;
-    timings.decode = decode;
-
-    let encode_started = Instant::now();
-    let outputs = select_outputs(outputs, &requested);
-    let id = id
-        .or_else(|| {
-            headers
-                .get(REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let response = InferResponse {
-        model_name: model.name().to_owned(),
-        model_version: model.version_label.clone(),
-        id,
-        parameters: serde_json::Map::new(),
-        outputs,
-    };
-    let wants_binary = |name: &str| {
-        requested
-            .iter()
-            .find(|o| o.name == name)
-            .and_then(|o| o.binary_data)
-            .unwrap_or(binary_data_output)
-    };
-    let encoded = rest::encode_response(&response, wants_binary);
-    timings.encode = encode_started.elapsed();
-
-    let total = started.elapsed();
-    model.stats.success(rows, total, &timings);
-    model
-        .metrics
-        .success(rows, total, timings.queue, timings.infer);
-
-    let mut resp = Response::new(Body::from(encoded.body));
-    let h = resp.headers_mut();
-    match encoded.json_len {
-        Some(n) => {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        None => {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&response.id) {
-        h.insert(REQUEST_ID_HEADER, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&server_timing(&timings)) {
-        h.insert("server-timing", v);
-    }
-    Ok(resp)
-}
-
-/// Keeps the requested outputs, in the order requested (all when none were named).
-fn select_outputs(outputs: Vec<Tensor>, requested: &[rest::RequestedOutput]) -> Vec<Tensor> {
-    if requested.is_empty() {
-        return outputs;
-    }
-    let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
-    requested
-        .iter()
-        .filter_map(|r| {
-            outputs
-                .iter_mut()
-                .find(|o| o.as_ref().is_some_and(|t| t.name == r.name))?
-                .take()
-        })
-        .collect()
-}
-
-fn runner_error(model: &LoadedModel, e: RunnerError) -> ApiError {
-    match e {
-        RunnerError::QueueFull { .. } => {
-            model.metrics.rejected();
-            ApiError::unavailable(e.to_string())
-        }
-        RunnerError::Stopped(_) => ApiError::unavailable(e.to_string()),
-        RunnerError::Runtime(RuntimeError::InvalidInput(msg)) => ApiError::invalid(format!(
-            "model '{}' rejected the input: {msg}",
-            model.name()
-        )),
-        RunnerError::Runtime(other) => ApiError::internal(&other),
-    }
-}
-
-/// `Server-Timing` value, durations in milliseconds.
-fn server_timing(t: &Timings) -> String {
-    let mut s = String::with_capacity(80);
-    for (name, d) in [
-        ("decode", t.decode),
-        ("queue", t.queue),
-        ("infer", t.infer),
-        ("encode", t.encode),
-    ] {
-        if !s.is_empty() {
-            s.push_str(", ");
-        }
-        let _ = write!(s, "{name};dur={:.3}", d.as_secs_f64() * 1e3);
-    }
-    s
 }

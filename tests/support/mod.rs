@@ -91,6 +91,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
+    /// The store's directory, when the harness made it (removed on drop).
+    pub data_dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -107,7 +109,17 @@ impl TestServer {
     /// Binds `config`, serves it on the current runtime and waits (bounded)
     /// until `/v2/health/ready` answers 200 and every model version in the
     /// repository index is `READY`.
-    pub async fn start_config(config: Config) -> TestServer {
+    pub async fn start_config(mut config: Config) -> TestServer {
+        let dir = tempfile::tempdir().expect("a temporary data directory");
+        config.store.data_dir = dir.path().to_path_buf();
+        let mut ts = TestServer::start_in(config).await;
+        ts.data_dir = Some(dir);
+        ts
+    }
+
+    /// Like [`TestServer::start_config`], keeping `config.store.data_dir`
+    /// as given (to restart on the same durable state).
+    pub async fn start_in(config: Config) -> TestServer {
         let server = Server::bind(config)
             .await
             .unwrap_or_else(|e| panic!("the server does not bind: {e}"));
@@ -126,6 +138,7 @@ impl TestServer {
             client,
             shutdown: Some(tx),
             handle: Some(handle),
+            data_dir: None,
         };
         ts.wait_ready().await;
         ts.wait_all_loaded().await;

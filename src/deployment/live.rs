@@ -1,0 +1,159 @@
+//! Live sets: the champion and challengers a deployment answers with, each
+//! with its own capped compute for mirrored requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use super::LoadedModel;
+use crate::config::{ChallengerConfig, ChallengerMode, ModelRef, RoutingConfig};
+use crate::protocol::{TensorSpec, shape_string};
+use crate::runtime::{ExecutionPlan, Runner};
+use crate::store::Role;
+
+/// Operational counters of one model in one deployment (kept across live-set changes).
+#[derive(Default, Debug)]
+pub struct MemberStats {
+    /// Requests answered live.
+    pub served: AtomicU64,
+    /// Mirrored requests queued.
+    pub mirrored: AtomicU64,
+    /// Mirrored requests dropped because its queue was full.
+    pub dropped: AtomicU64,
+    /// Mirrored requests that failed (engine error or panic).
+    pub errors: AtomicU64,
+    /// Mirrored requests abandoned after its timeout.
+    pub timeouts: AtomicU64,
+    /// Mirrored requests answered in time.
+    pub completed: AtomicU64,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberStatsSnapshot {
+    pub served: u64,
+    pub mirrored: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub completed: u64,
+}
+
+impl MemberStats {
+    pub fn snapshot(&self) -> MemberStatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MemberStatsSnapshot {
+            served: get(&self.served),
+            mirrored: get(&self.mirrored),
+            dropped: get(&self.dropped),
+            errors: get(&self.errors),
+            timeouts: get(&self.timeouts),
+            completed: get(&self.completed),
+        }
+    }
+}
+
+/// One model in a live set.
+pub struct Member {
+    pub model: Arc<LoadedModel>,
+    pub role: Role,
+    /// The challenger's settings (`None` for the champion).
+    pub challenger: Option<ChallengerConfig>,
+    /// Worker threads for mirrored requests (`None` when it is never mirrored).
+    pub mirror: Option<Runner>,
+    pub timeout: std::time::Duration,
+    pub stats: Arc<MemberStats>,
+}
+
+impl Member {
+    pub fn new(
+        model: Arc<LoadedModel>,
+        challenger: Option<ChallengerConfig>,
+        mirrored: bool,
+        stats: Arc<MemberStats>,
+    ) -> Member {
+        let (role, workers, capacity, timeout_ms) = match &challenger {
+            Some(c) => (
+                match c.mode {
+                    ChallengerMode::Shadow => Role::Shadow,
+                    ChallengerMode::Canary => Role::Canary,
+                },
+                c.workers,
+                c.queue_capacity,
+                c.timeout_ms,
+            ),
+            None => (Role::Champion, 1, 256, 10_000),
+        };
+        let mirror = mirrored.then(|| {
+            let label = format!("{}@{}-mirror", model.name(), model.version());
+            let plan = ExecutionPlan::always_pool(
+                model.runner.plan().single_row_us,
+                model.runner.plan().per_row_us,
+            );
+            Runner::start_workers(&label, Arc::clone(model.model()), plan, capacity, workers)
+        });
+        Member {
+            model,
+            role,
+            challenger,
+            mirror,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            stats,
+        }
+    }
+
+    pub fn model_ref(&self) -> ModelRef {
+        self.model.model_ref()
+    }
+}
+
+/// What a deployment answers with right now; replaced whole, atomically.
+pub struct LiveSet {
+    pub champion: Arc<Member>,
+    pub challengers: Vec<Arc<Member>>,
+    /// `(mode, fraction)` of each challenger, for routing.
+    pub routes: Vec<(ChallengerMode, f64)>,
+    pub routing: RoutingConfig,
+}
+
+/// Whether a challenger can take the champion's requests: the same inputs
+/// (names and datatypes) with compatible shapes.
+pub fn compatible(champion: &[TensorSpec], challenger: &[TensorSpec]) -> Result<(), String> {
+    for c in champion {
+        let Some(o) = challenger.iter().find(|o| o.name == c.name) else {
+            return Err(format!(
+                "it has no input '{}' (the champion's inputs must all exist)",
+                c.name
+            ));
+        };
+        if o.datatype != c.datatype {
+            return Err(format!(
+                "input '{}' is {} but the champion's is {}",
+                c.name, o.datatype, c.datatype
+            ));
+        }
+        let fits = o.shape.len() == c.shape.len()
+            && o.shape
+                .iter()
+                .zip(&c.shape)
+                .all(|(&a, &b)| a < 0 || b < 0 || a == b);
+        if !fits {
+            return Err(format!(
+                "input '{}' has shape {} but the champion's is {}",
+                c.name,
+                shape_string(&o.shape),
+                shape_string(&c.shape)
+            ));
+        }
+    }
+    if let Some(extra) = challenger
+        .iter()
+        .find(|o| !champion.iter().any(|c| c.name == o.name))
+    {
+        return Err(format!(
+            "it needs input '{}', which the champion's requests do not carry",
+            extra.name
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! In-memory evaluation state per deployment and model: windowed metrics,
+//! agreement with the champion, label coverage. The store's writer thread
+//! updates it after each durable write and rebuilds it at start-up, so what
+//! it says after a restart equals what it said before.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::metrics::{MetricsSnapshot, MetricsState, Outcome, WindowedMetrics};
+
+/// A model version within a deployment.
+pub type ModelKey = (String, u64);
+
+pub fn key_label(k: &ModelKey) -> String {
+    format!("{}@{}", k.0, k.1)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ModelEval {
+    metrics: Option<WindowedMetrics>,
+    /// Rows where this model and the champion both predicted and agreed.
+    pub agree: u64,
+    /// Rows where this model and the champion both predicted.
+    pub compared: u64,
+    /// Rows this model predicted (logged).
+    pub predictions: u64,
+}
+
+impl ModelEval {
+    pub fn cumulative_state(&self) -> Option<&MetricsState> {
+        self.metrics.as_ref().map(WindowedMetrics::cumulative_state)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentEval {
+    window: usize,
+    pub models: BTreeMap<ModelKey, ModelEval>,
+    /// Rows the deployment answered (its served predictions).
+    pub rows_served: u64,
+    /// Rows that received a label.
+    pub rows_labelled: u64,
+}
+
+/// Everything a person or a policy reads about one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelEvalSnapshot {
+    pub model: String,
+    pub version: u64,
+    pub predictions: u64,
+    pub labelled: u64,
+    pub window: MetricsSnapshot,
+    pub cumulative: MetricsSnapshot,
+    pub agreement_with_champion: Option<f64>,
+    pub compared_with_champion: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentEvalSnapshot {
+    pub rows_served: u64,
+    pub rows_labelled: u64,
+    /// Share of served rows that have a label.
+    pub label_coverage: Option<f64>,
+    pub window_labels: usize,
+    pub models: Vec<ModelEvalSnapshot>,
+}
+
+/// Shared evaluation state. Locked briefly by the writer thread and by
+/// readers; never held across an `.await`.
+#[derive(Default)]
+pub struct Evaluator {
+    inner: Mutex<HashMap<String, DeploymentEval>>,
+}
+
+impl Evaluator {
+    fn with<T>(&self, deployment: &str, f: impl FnOnce(&mut DeploymentEval) -> T) -> T {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let d = map
+            .entry(deployment.to_owned())
+            .or_insert_with(|| DeploymentEval {
+                window: 1000,
+                ..DeploymentEval::default()
+            });
+        f(d)
+    }
+
+    /// A deployment's window size.
+    pub fn window(&self, deployment: &str) -> usize {
+        self.with(deployment, |d| d.window)
+    }
+
+    /// Sets a deployment's window size (before any restore).
+    pub fn configure(&self, deployment: &str, window: usize) {
+        self.with(deployment, |d| d.window = window.max(1));
+    }
+
+    pub fn add_predictions(&self, deployment: &str, key: &ModelKey, rows: u64, served: bool) {
+        self.with(deployment, |d| {
+            d.models.entry(key.clone()).or_default().predictions += rows;
+            if served {
+                d.rows_served += rows;
+            }
+        });
+    }
+
+    pub fn add_comparison(&self, deployment: &str, challenger: &ModelKey, agree: bool) {
+        self.with(deployment, |d| {
+            let m = d.models.entry(challenger.clone()).or_default();
+            m.compared += 1;
+            m.agree += u64::from(agree);
+        });
+    }
+
+    pub fn add_outcome(&self, deployment: &str, key: &ModelKey, outcome: Outcome) {
+        self.with(deployment, |d| {
+            let window = d.window;
+            let m = d.models.entry(key.clone()).or_default();
+            m.metrics
+                .get_or_insert_with(|| WindowedMetrics::new(template(&outcome), window))
+                .add(outcome);
+        });
+    }
+
+    pub fn add_labelled(&self, deployment: &str, rows: u64) {
+        self.with(deployment, |d| d.rows_labelled += rows);
+    }
+
+    /// Copies of the persisted parts of some models (for the store to write).
+    pub fn model_evals(&self, deployment: &str, keys: &[ModelKey]) -> Vec<(ModelKey, ModelEval)> {
+        self.with(deployment, |d| {
+            keys.iter()
+                .filter_map(|k| d.models.get(k).map(|m| (k.clone(), m.clone())))
+                .collect()
+        })
+    }
+
+    pub fn counters(&self, deployment: &str) -> (u64, u64) {
+        self.with(deployment, |d| (d.rows_served, d.rows_labelled))
+    }
+
+    /// Restores one model from its persisted state and its latest outcomes (oldest first).
+    pub fn restore_model(
+        &self,
+        deployment: &str,
+        key: ModelKey,
+        cumulative: Option<MetricsState>,
+        recent: Vec<Outcome>,
+        counts: (u64, u64, u64),
+    ) {
+        self.with(deployment, |d| {
+            let window = d.window;
+            let (agree, compared, predictions) = counts;
+            d.models.insert(
+                key,
+                ModelEval {
+                    metrics: cumulative.map(|c| WindowedMetrics::restore(c, recent, window)),
+                    agree,
+                    compared,
+                    predictions,
+                },
+            );
+        });
+    }
+
+    pub fn restore_counters(&self, deployment: &str, rows_served: u64, rows_labelled: u64) {
+        self.with(deployment, |d| {
+            d.rows_served = rows_served;
+            d.rows_labelled = rows_labelled;
+        });
+    }
+
+    /// Forgets everything (before a full restore from the store).
+    pub fn clear(&self) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for d in map.values_mut() {
+            d.models.clear();
+            d.rows_served = 0;
+            d.rows_labelled = 0;
+        }
+    }
+
+    pub fn snapshot(&self, deployment: &str) -> DeploymentEvalSnapshot {
+        self.with(deployment, |d| DeploymentEvalSnapshot {
+            rows_served: d.rows_served,
+            rows_labelled: d.rows_labelled,
+            label_coverage: (d.rows_served > 0)
+                .then(|| d.rows_labelled as f64 / d.rows_served as f64),
+            window_labels: d.window,
+            models: d
+                .models
+                .iter()
+                .map(|(k, m)| {
+                    let (window, cumulative) = m
+                        .metrics
+                        .as_ref()
+                        .map(|w| (w.window(), w.cumulative()))
+                        .unwrap_or_default();
+                    ModelEvalSnapshot {
+                        model: k.0.clone(),
+                        version: k.1,
+                        predictions: m.predictions,
+                        labelled: cumulative.labelled,
+                        window,
+                        cumulative,
+                        agreement_with_champion: (m.compared > 0)
+                            .then(|| m.agree as f64 / m.compared as f64),
+                        compared_with_champion: m.compared,
+                    }
+                })
+                .collect(),
+        })
+    }
+}
+
+fn template(o: &Outcome) -> MetricsState {
+    match o {
+        Outcome::Class { probabilities, .. } => {
+            MetricsState::classification(probabilities.as_ref().map_or(2, Vec::len).max(2))
+        }
+        Outcome::Value { .. } => MetricsState::regression(),
+    }
+}

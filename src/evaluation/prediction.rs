@@ -1,0 +1,362 @@
+//! Reading a model's outputs as predictions (class + probabilities, or a
+//! value), and labels as the truth they are compared with.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::metrics::Outcome;
+use crate::protocol::{DataType, Tensor, TensorData, TensorSpec};
+use crate::repository::Task;
+
+/// One row's prediction, as the prediction log keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prediction {
+    Class {
+        label: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probabilities: Option<Vec<f64>>,
+    },
+    Value {
+        value: f64,
+    },
+}
+
+/// The truth for one row, posted as feedback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Label {
+    Class(usize),
+    Value(f64),
+}
+
+impl Label {
+    /// Parses a posted label for a model of `kind`: a class index or class
+    /// name (from `labels`) for classification, a number for regression.
+    pub fn parse(v: &Value, kind: PredictionKind, labels: &[String]) -> Result<Label, String> {
+        match kind {
+            PredictionKind::Class => match v {
+                Value::Number(n) => n
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .map(Label::Class)
+                    .ok_or_else(|| {
+                        format!("label {n} is not a class index (a non-negative integer)")
+                    }),
+                Value::String(s) => labels
+                    .iter()
+                    .position(|l| l == s)
+                    .map(Label::Class)
+                    .ok_or_else(|| format!("label {s:?} is not one of the classes {labels:?}")),
+                Value::Bool(b) => Ok(Label::Class(usize::from(*b))),
+                other => Err(format!("label {other} is not a class index or name")),
+            },
+            PredictionKind::Value => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Label::Value)
+                .ok_or_else(|| format!("label {v} is not a finite number")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PredictionKind {
+    Class,
+    Value,
+}
+
+impl Prediction {
+    pub fn kind(&self) -> PredictionKind {
+        match self {
+            Prediction::Class { .. } => PredictionKind::Class,
+            Prediction::Value { .. } => PredictionKind::Value,
+        }
+    }
+
+    /// Joins with the truth; `None` when they are of different kinds.
+    pub fn outcome(&self, truth: &Label) -> Option<Outcome> {
+        match (self, truth) {
+            (
+                Prediction::Class {
+                    label,
+                    probabilities,
+                },
+                Label::Class(t),
+            ) => Some(Outcome::Class {
+                predicted: usize::try_from(*label).ok()?,
+                probabilities: probabilities.clone(),
+                truth: *t,
+            }),
+            (Prediction::Value { value }, Label::Value(t)) => Some(Outcome::Value {
+                predicted: *value,
+                truth: *t,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether two predictions agree (same class; values within 1e-6 relative).
+    pub fn agrees(&self, other: &Prediction) -> bool {
+        match (self, other) {
+            (Prediction::Class { label: a, .. }, Prediction::Class { label: b, .. }) => a == b,
+            (Prediction::Value { value: a }, Prediction::Value { value: b }) => {
+                (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How to read one model's outputs, decided once at load time from its task
+/// and signature.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PredictionReader {
+    /// `label`: an integer output of shape [-1] (else argmax of the
+    /// probabilities); `probabilities`: a float output of shape [-1, k].
+    Classification {
+        label: Option<usize>,
+        probabilities: Option<usize>,
+    },
+    /// The first float output of shape [-1] or [-1, 1].
+    Regression { value: usize },
+    /// No task declared (or no usable output): nothing is logged.
+    None,
+}
+
+fn is_int(d: DataType) -> bool {
+    matches!(
+        d,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Uint8
+            | DataType::Uint16
+            | DataType::Uint32
+            | DataType::Uint64
+    )
+}
+
+fn is_float(d: DataType) -> bool {
+    matches!(d, DataType::Fp32 | DataType::Fp64)
+}
+
+impl PredictionReader {
+    pub fn for_model(task: Option<Task>, outputs: &[TensorSpec]) -> PredictionReader {
+        match task {
+            Some(Task::Classification) => {
+                let label = outputs
+                    .iter()
+                    .position(|o| o.name == "label" && is_int(o.datatype) && o.shape.len() == 1)
+                    .or_else(|| {
+                        outputs
+                            .iter()
+                            .position(|o| is_int(o.datatype) && o.shape.len() == 1)
+                    });
+                let probabilities = outputs
+                    .iter()
+                    .position(|o| is_float(o.datatype) && o.shape.len() == 2);
+                if label.is_none() && probabilities.is_none() {
+                    PredictionReader::None
+                } else {
+                    PredictionReader::Classification {
+                        label,
+                        probabilities,
+                    }
+                }
+            }
+            Some(Task::Regression) => outputs
+                .iter()
+                .position(|o| {
+                    is_float(o.datatype)
+                        && (o.shape.len() == 1 || (o.shape.len() == 2 && o.shape[1] == 1))
+                })
+                .map_or(PredictionReader::None, |value| {
+                    PredictionReader::Regression { value }
+                }),
+            None => PredictionReader::None,
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, PredictionReader::None)
+    }
+
+    /// One prediction per row of `outputs` (all of the model's outputs, in
+    /// signature order); empty when the outputs cannot be read.
+    pub fn read(&self, outputs: &[Tensor], rows: usize) -> Vec<Prediction> {
+        match *self {
+            PredictionReader::Classification {
+                label,
+                probabilities,
+            } => {
+                let probs = probabilities
+                    .and_then(|i| outputs.get(i))
+                    .and_then(|t| matrix(t, rows));
+                let labels = label
+                    .and_then(|i| outputs.get(i))
+                    .and_then(|t| ints(&t.data));
+                (0..rows)
+                    .map(|r| {
+                        let p = probs
+                            .as_ref()
+                            .map(|(cols, v)| v[r * cols..(r + 1) * cols].to_vec());
+                        let l = match (&labels, &p) {
+                            (Some(l), _) if l.len() == rows => l[r],
+                            (_, Some(p)) => argmax(p) as i64,
+                            _ => return None,
+                        };
+                        Some(Prediction::Class {
+                            label: l,
+                            probabilities: p,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default()
+            }
+            PredictionReader::Regression { value } => {
+                match outputs.get(value).and_then(|t| floats(&t.data)) {
+                    Some(v) if v.len() == rows => v
+                        .into_iter()
+                        .map(|value| Prediction::Value { value })
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }
+            PredictionReader::None => Vec::new(),
+        }
+    }
+}
+
+fn argmax(p: &[f64]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
+        .0
+}
+
+fn floats(d: &TensorData) -> Option<Vec<f64>> {
+    match d {
+        TensorData::Fp32(v) => Some(v.iter().map(|&x| f64::from(x)).collect()),
+        TensorData::Fp64(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn ints(d: &TensorData) -> Option<Vec<i64>> {
+    Some(match d {
+        TensorData::Int64(v) => v.clone(),
+        TensorData::Int32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        TensorData::Int16(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        TensorData::Int8(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        TensorData::Uint8(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        TensorData::Uint16(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        TensorData::Uint32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        TensorData::Uint64(v) => v.iter().map(|&x| x as i64).collect(),
+        _ => return None,
+    })
+}
+
+fn matrix(t: &Tensor, rows: usize) -> Option<(usize, Vec<f64>)> {
+    let v = floats(&t.data)?;
+    let cols = usize::try_from(*t.shape.get(1)?).ok()?;
+    (cols > 0 && v.len() == rows * cols).then_some((cols, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, datatype: DataType, shape: Vec<i64>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape,
+        }
+    }
+
+    #[test]
+    fn classifier_outputs_become_predictions() {
+        let outputs = [
+            spec("label", DataType::Int64, vec![-1]),
+            spec("probabilities", DataType::Fp32, vec![-1, 2]),
+        ];
+        let reader = PredictionReader::for_model(Some(Task::Classification), &outputs);
+        let tensors = [
+            Tensor::new("label", vec![2], TensorData::Int64(vec![1, 0])),
+            Tensor::new(
+                "probabilities",
+                vec![2, 2],
+                TensorData::Fp32(vec![0.25, 0.75, 0.5, 0.5]),
+            ),
+        ];
+        let preds = reader.read(&tensors, 2);
+        assert_eq!(
+            preds[0],
+            Prediction::Class {
+                label: 1,
+                probabilities: Some(vec![0.25, 0.75])
+            }
+        );
+        assert_eq!(preds[1].kind(), PredictionKind::Class);
+        let o = preds[0].outcome(&Label::Class(0)).unwrap();
+        assert_eq!(
+            o,
+            Outcome::Class {
+                predicted: 1,
+                probabilities: Some(vec![0.25, 0.75]),
+                truth: 0
+            }
+        );
+    }
+
+    #[test]
+    fn regression_and_untyped_models() {
+        let outputs = [spec("prediction", DataType::Fp32, vec![-1, 1])];
+        let reader = PredictionReader::for_model(Some(Task::Regression), &outputs);
+        let preds = reader.read(
+            &[Tensor::new(
+                "prediction",
+                vec![2, 1],
+                TensorData::Fp32(vec![1.5, 2.0]),
+            )],
+            2,
+        );
+        assert_eq!(
+            preds,
+            vec![
+                Prediction::Value { value: 1.5 },
+                Prediction::Value { value: 2.0 }
+            ]
+        );
+        assert!(PredictionReader::for_model(None, &outputs).is_none());
+    }
+
+    #[test]
+    fn labels_parse_by_index_or_name() {
+        let names = vec!["malignant".to_owned(), "benign".to_owned()];
+        assert_eq!(
+            Label::parse(&serde_json::json!(1), PredictionKind::Class, &names),
+            Ok(Label::Class(1))
+        );
+        assert_eq!(
+            Label::parse(
+                &serde_json::json!("malignant"),
+                PredictionKind::Class,
+                &names
+            ),
+            Ok(Label::Class(0))
+        );
+        assert!(Label::parse(&serde_json::json!("cat"), PredictionKind::Class, &names).is_err());
+        assert!(Label::parse(&serde_json::json!(-1), PredictionKind::Class, &names).is_err());
+        assert!(Label::parse(&serde_json::json!(1.5), PredictionKind::Class, &names).is_err());
+        assert_eq!(
+            Label::parse(&serde_json::json!(151.0), PredictionKind::Value, &names),
+            Ok(Label::Value(151.0))
+        );
+        assert!(Label::parse(&serde_json::json!("x"), PredictionKind::Value, &names).is_err());
+    }
+}

@@ -1,0 +1,472 @@
+//! Inference: a repository model answers directly; a deployment routes each
+//! request to its champion (or a canary), mirrors it to its challengers on
+//! their own capped workers, and logs every model's prediction.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, header};
+use serde_json::{Map, Value};
+
+use super::v2::{REQUEST_ID_HEADER, resolve};
+use super::{AppState, body};
+use crate::deployment::{Deployment, LiveSet, LoadedModel, Member};
+use crate::protocol::rest::{self, HEADER_CONTENT_LENGTH, InferResponse, RequestedOutput};
+use crate::protocol::validate::{bind_inputs, check_outputs};
+use crate::protocol::{ApiError, Tensor};
+use crate::runtime::{RunnerError, RuntimeError, Timings};
+use crate::store::{PredictionRecord, Role};
+use crate::traffic;
+
+type Shared = State<Arc<AppState>>;
+
+pub async fn infer(
+    State(s): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    if let Some(d) = s.gateway.deployment(&name) {
+        let Some(live) = d.live() else {
+            return ApiError::unavailable(format!(
+                "deployment '{name}' is not ready: its champion {} is loading or failed to load",
+                d.state().champion
+            ))
+            .into_response();
+        };
+        return infer_deployment(&s, d, live, &headers, body, started).await;
+    }
+    infer_model(&s, &name, None, &headers, body, started).await
+}
+
+pub async fn infer_v(
+    State(s): Shared,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_model(&s, &name, Some(&version), &headers, body, Instant::now()).await
+}
+
+/// A decoded, validated request.
+struct Prepared {
+    id: Option<String>,
+    parameters: Map<String, Value>,
+    inputs: Vec<Tensor>,
+    rows: usize,
+    requested: Vec<RequestedOutput>,
+    binary_data_output: bool,
+    decode: Duration,
+}
+
+/// Reads, decodes and validates the body against `model`'s inputs.
+async fn prepare(
+    s: &AppState,
+    model: &LoadedModel,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Prepared, ApiError> {
+    let limit = s.gateway.config().server.max_body_bytes;
+    let bytes = body::read(headers, body, limit).await?;
+    let json_len = body::json_header_length(headers)?;
+    let decode_started = Instant::now();
+    let request = rest::decode_request(&bytes, json_len)?;
+    drop(bytes);
+    let rest::InferRequest {
+        id,
+        parameters,
+        inputs,
+        outputs: requested,
+        binary_data_output,
+    } = request;
+    let (inputs, rows) = bind_inputs(
+        model.name(),
+        inputs,
+        model.model().inputs(),
+        model.settings.max_batch_size,
+    )?;
+    Ok(Prepared {
+        id,
+        parameters,
+        inputs,
+        rows,
+        requested,
+        binary_data_output,
+        decode: decode_started.elapsed(),
+    })
+}
+
+fn request_id(p: &Prepared, headers: &HeaderMap) -> String {
+    p.id.clone()
+        .or_else(|| {
+            headers
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+async fn infer_model(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Response {
+    let model = match resolve(&s.gateway, name, version) {
+        Ok((_, m)) => m,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let p = prepare(s, &model, headers, body).await?;
+        check_outputs(model.name(), &p.requested, model.model().outputs())?;
+        let id = request_id(&p, headers);
+        let (outputs, mut timings) = model
+            .runner
+            .run(p.inputs, p.rows)
+            .await
+            .map_err(|e| runner_error(&model, e))?;
+        timings.decode = p.decode;
+        Ok::<_, ApiError>(respond(
+            &model,
+            id,
+            outputs,
+            &p.requested,
+            p.binary_data_output,
+            p.rows,
+            timings,
+            started,
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e| failed(&model, e, started))
+}
+
+fn failed(model: &LoadedModel, e: ApiError, started: Instant) -> Response {
+    model.stats.failure(started.elapsed());
+    model.metrics.failure(e.kind());
+    e.into_response()
+}
+
+async fn infer_deployment(
+    s: &AppState,
+    d: &Deployment,
+    live: Arc<LiveSet>,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Response {
+    let champion = &live.champion;
+    let p = match prepare(s, &champion.model, headers, body).await {
+        Ok(p) => p,
+        Err(e) => return failed(&champion.model, e, started),
+    };
+    let id = request_id(&p, headers);
+    let routing = &live.routing;
+    let routing_key = headers
+        .get(routing.header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| p.parameters.get(&routing.parameter).and_then(Value::as_str));
+    let route = traffic::route(&live.routes, routing.seed, routing_key, &id);
+    let answering: &Arc<Member> = route.answering.map_or(champion, |i| &live.challengers[i]);
+    if let Err(e) = check_outputs(
+        answering.model.name(),
+        &p.requested,
+        answering.model.model().outputs(),
+    ) {
+        return failed(&answering.model, e, started);
+    }
+    let request_id: Arc<str> = Arc::from(id.as_str());
+    let segment: Option<Arc<str>> =
+        p.parameters
+            .get(&routing.segment_parameter)
+            .and_then(|v| match v {
+                Value::String(s) => Some(Arc::from(s.as_str())),
+                Value::Number(n) => Some(Arc::from(n.to_string().as_str())),
+                Value::Bool(b) => Some(Arc::from(if *b { "true" } else { "false" })),
+                _ => None,
+            });
+    let mirrors = route
+        .mirrored
+        .iter()
+        .map(|&i| &live.challengers[i])
+        .chain(route.champion_mirrored.then_some(champion));
+    for member in mirrors {
+        mirror(
+            s,
+            d,
+            member,
+            p.inputs.clone(),
+            p.rows,
+            &request_id,
+            &segment,
+        );
+    }
+    let (outputs, mut timings) = match answering.model.runner.run(p.inputs, p.rows).await {
+        Ok(r) => r,
+        Err(e) => {
+            let e = runner_error(&answering.model, e);
+            return failed(&answering.model, e, started);
+        }
+    };
+    timings.decode = p.decode;
+    answering
+        .stats
+        .served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let records = prediction_records(
+        &d.name_arc,
+        &request_id,
+        &answering.model,
+        answering.role,
+        true,
+        &segment,
+        &outputs,
+        p.rows,
+        started.elapsed(),
+    );
+    s.gateway.store().log_predictions(records);
+    respond(
+        &answering.model,
+        id,
+        outputs,
+        &p.requested,
+        p.binary_data_output,
+        p.rows,
+        timings,
+        started,
+    )
+}
+
+/// Hands a copy of the request to a member's own workers; never waits for
+/// a place in its queue, and the caller never waits for its answer.
+fn mirror(
+    s: &AppState,
+    d: &Deployment,
+    member: &Arc<Member>,
+    inputs: Vec<Tensor>,
+    rows: usize,
+    request_id: &Arc<str>,
+    segment: &Option<Arc<str>>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(runner) = &member.mirror else {
+        return;
+    };
+    let stats = &member.stats;
+    let pending = match runner.try_submit(inputs) {
+        Ok(p) => p,
+        Err(RunnerError::QueueFull { .. }) => {
+            stats.dropped.fetch_add(1, Relaxed);
+            crate::telemetry::mirror_dropped(&d.name, member.model.name(), member.model.version());
+            return;
+        }
+        Err(_) => {
+            stats.errors.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    stats.mirrored.fetch_add(1, Relaxed);
+    let member = Arc::clone(member);
+    let gateway = Arc::clone(&s.gateway);
+    let deployment = Arc::clone(&d.name_arc);
+    let request_id = Arc::clone(request_id);
+    let segment = segment.clone();
+    let started = Instant::now();
+    tokio::spawn(async move {
+        match tokio::time::timeout(member.timeout, pending.wait()).await {
+            Err(_) => {
+                member.stats.timeouts.fetch_add(1, Relaxed);
+                crate::telemetry::mirror_failed(
+                    &deployment,
+                    member.model.name(),
+                    member.model.version(),
+                    "timeout",
+                );
+            }
+            Ok(Err(e)) => {
+                member.stats.errors.fetch_add(1, Relaxed);
+                crate::telemetry::mirror_failed(
+                    &deployment,
+                    member.model.name(),
+                    member.model.version(),
+                    "error",
+                );
+                tracing::debug!(model = %member.model.name(), error = %e, "mirrored request failed");
+            }
+            Ok(Ok((outputs, _))) => {
+                member.stats.completed.fetch_add(1, Relaxed);
+                let records = prediction_records(
+                    &deployment,
+                    &request_id,
+                    &member.model,
+                    member.role,
+                    false,
+                    &segment,
+                    &outputs,
+                    rows,
+                    started.elapsed(),
+                );
+                gateway.store().log_predictions(records);
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prediction_records(
+    deployment: &Arc<str>,
+    request_id: &Arc<str>,
+    model: &LoadedModel,
+    role: Role,
+    served: bool,
+    segment: &Option<Arc<str>>,
+    outputs: &[Tensor],
+    rows: usize,
+    latency: Duration,
+) -> Vec<PredictionRecord> {
+    let predictions = model.reader.read(outputs, rows);
+    if predictions.is_empty() {
+        return Vec::new();
+    }
+    let created_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+    predictions
+        .into_iter()
+        .enumerate()
+        .map(|(row, prediction)| PredictionRecord {
+            deployment: Arc::clone(deployment),
+            request_id: Arc::clone(request_id),
+            row: row as u32,
+            model: Arc::clone(&model.name_arc),
+            version: model.version(),
+            role,
+            served,
+            segment: segment.clone(),
+            created_ms,
+            latency_us,
+            prediction,
+        })
+        .collect()
+}
+
+/// Encodes the response and records the request's statistics.
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    model: &LoadedModel,
+    id: String,
+    outputs: Vec<Tensor>,
+    requested: &[RequestedOutput],
+    binary_data_output: bool,
+    rows: usize,
+    mut timings: Timings,
+    started: Instant,
+) -> Response {
+    let encode_started = Instant::now();
+    let outputs = select_outputs(outputs, requested);
+    let response = InferResponse {
+        model_name: model.name().to_owned(),
+        model_version: model.version_label.clone(),
+        id,
+        parameters: Map::new(),
+        outputs,
+    };
+    let wants_binary = |name: &str| {
+        requested
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.binary_data)
+            .unwrap_or(binary_data_output)
+    };
+    let encoded = rest::encode_response(&response, wants_binary);
+    timings.encode = encode_started.elapsed();
+    let total = started.elapsed();
+    model.stats.success(rows, total, &timings);
+    model
+        .metrics
+        .success(rows, total, timings.queue, timings.infer);
+
+    let mut resp = Response::new(Body::from(encoded.body));
+    let h = resp.headers_mut();
+    match encoded.json_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&response.id) {
+        h.insert(REQUEST_ID_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&server_timing(&timings)) {
+        h.insert("server-timing", v);
+    }
+    resp
+}
+
+/// Keeps the requested outputs, in the order requested (all when none were named).
+fn select_outputs(outputs: Vec<Tensor>, requested: &[RequestedOutput]) -> Vec<Tensor> {
+    if requested.is_empty() {
+        return outputs;
+    }
+    let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+    requested
+        .iter()
+        .filter_map(|r| {
+            outputs
+                .iter_mut()
+                .find(|o| o.as_ref().is_some_and(|t| t.name == r.name))?
+                .take()
+        })
+        .collect()
+}
+
+fn runner_error(model: &LoadedModel, e: RunnerError) -> ApiError {
+    match e {
+        RunnerError::QueueFull { .. } => {
+            model.metrics.rejected();
+            ApiError::unavailable(e.to_string())
+        }
+        RunnerError::Stopped(_) => ApiError::unavailable(e.to_string()),
+        RunnerError::Runtime(RuntimeError::InvalidInput(msg)) => ApiError::invalid(format!(
+            "model '{}' rejected the input: {msg}",
+            model.name()
+        )),
+        RunnerError::Runtime(other) => ApiError::internal(&other),
+    }
+}
+
+/// `Server-Timing` value, durations in milliseconds.
+fn server_timing(t: &Timings) -> String {
+    let mut s = String::with_capacity(80);
+    for (name, d) in [
+        ("decode", t.decode),
+        ("queue", t.queue),
+        ("infer", t.infer),
+        ("encode", t.encode),
+    ] {
+        if !s.is_empty() {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{name};dur={:.3}", d.as_secs_f64() * 1e3);
+    }
+    s
+}

@@ -1,0 +1,401 @@
+//! Durable state in an embedded SQLite database (WAL mode) under
+//! `store.data_dir`: deployments, the prediction log, labels, and the
+//! evaluation state derived from them.
+//!
+//! One writer thread owns the write connection. Predictions reach it through
+//! a bounded queue and are written in batches (synchronous = NORMAL: a
+//! process crash loses nothing committed); when the queue is full a request's
+//! predictions are dropped and counted, never waited for. Feedback and
+//! deployment changes go through a second bounded queue and are committed
+//! with synchronous = FULL before the caller is answered: a 2xx means the
+//! label or the change is on disk. Because the same thread writes both, a
+//! label always sees every prediction queued before it.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Sender, TrySendError};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::evaluation::Evaluator;
+use crate::evaluation::metrics::{MetricsState, Outcome};
+use crate::evaluation::prediction::Prediction;
+
+pub use writer::SCHEMA_VERSION;
+
+/// A model's part in a deployment when it predicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Champion,
+    Shadow,
+    Canary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Champion => "champion",
+            Role::Shadow => "shadow",
+            Role::Canary => "canary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Champion, Role::Shadow, Role::Canary]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// One row's prediction by one model, for the prediction log.
+#[derive(Clone, Debug)]
+pub struct PredictionRecord {
+    pub deployment: Arc<str>,
+    pub request_id: Arc<str>,
+    pub row: u32,
+    pub model: Arc<str>,
+    pub version: u64,
+    pub role: Role,
+    /// Whether this answer went back to the caller.
+    pub served: bool,
+    pub segment: Option<Arc<str>>,
+    pub created_ms: i64,
+    pub latency_us: u32,
+    pub prediction: Prediction,
+}
+
+/// One posted label.
+#[derive(Clone, Debug)]
+pub struct FeedbackItem {
+    pub id: String,
+    pub row: u32,
+    pub label: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackStatus {
+    /// Stored and joined to every model's prediction.
+    Accepted,
+    /// The same label was already stored; counted once.
+    Duplicate,
+    /// A different label is already stored for this id; refused.
+    Conflict,
+    /// No prediction for this id (never seen, or evicted by the size cap).
+    UnknownId,
+    /// The id's predictions are older than the retention window.
+    Expired,
+    /// The label does not fit the model's task.
+    Invalid,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FeedbackResult {
+    pub id: String,
+    pub row: u32,
+    pub status: FeedbackStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store is busy ({0} writes waiting); retry")]
+    Busy(usize),
+    #[error("the store's writer has stopped")]
+    Stopped,
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub(crate) enum Control {
+    Feedback {
+        deployment: String,
+        class_names: Vec<String>,
+        items: Vec<FeedbackItem>,
+        reply: oneshot::Sender<Result<Vec<FeedbackResult>, StoreError>>,
+    },
+    SaveDeployment {
+        name: String,
+        state: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Counters shared with the writer thread.
+#[derive(Default, Debug)]
+pub struct StoreCounters {
+    /// Predictions dropped because the write queue was full.
+    pub dropped: AtomicU64,
+    /// Predictions evicted by retention or the size cap.
+    pub evicted: AtomicU64,
+    /// Predictions currently in the log.
+    pub rows: AtomicU64,
+}
+
+/// Handle to the store; cheap to share.
+pub struct Store {
+    path: PathBuf,
+    predictions: Sender<Vec<PredictionRecord>>,
+    control: Sender<Control>,
+    counters: Arc<StoreCounters>,
+    evaluator: Arc<Evaluator>,
+}
+
+/// Persisted evaluation state of one model in one deployment.
+pub struct StoredModelEval {
+    pub deployment: String,
+    pub model: String,
+    pub version: u64,
+    pub state: Option<MetricsState>,
+    pub agree: u64,
+    pub compared: u64,
+    pub predictions: u64,
+}
+
+/// Settings the writer needs.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub retention_ms: i64,
+    pub max_predictions: u64,
+    pub queue_capacity: usize,
+}
+
+impl Store {
+    /// Opens (creating when needed) `<data_dir>/contender.db` and starts the
+    /// writer thread. Call [`Store::restore`] once the evaluator knows each
+    /// deployment's window, before any traffic.
+    pub fn open(
+        data_dir: &Path,
+        settings: StoreSettings,
+        evaluator: Arc<Evaluator>,
+    ) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let path = data_dir.join("contender.db");
+        let conn = writer::open(&path)?;
+        let counters = Arc::new(StoreCounters::default());
+        let (ptx, prx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+        let (ctx, crx) = crossbeam_channel::bounded(1024);
+        let w = writer::Writer::new(
+            conn,
+            path.clone(),
+            settings,
+            Arc::clone(&evaluator),
+            Arc::clone(&counters),
+        );
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run(prx, crx))
+            .map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Store {
+            path,
+            predictions: ptx,
+            control: ctx,
+            counters,
+            evaluator,
+        })
+    }
+
+    /// Rebuilds the evaluation state from what is stored.
+    pub fn restore(&self) -> Result<(), StoreError> {
+        let conn = writer::open(&self.path)?;
+        writer::restore(&conn, &self.path, &self.evaluator, &self.counters)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn evaluator(&self) -> &Arc<Evaluator> {
+        &self.evaluator
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+
+    /// Queues one request's predictions; never waits. Returns false (and
+    /// counts the drop) when the queue is full.
+    pub fn log_predictions(&self, records: Vec<PredictionRecord>) -> bool {
+        if records.is_empty() {
+            return true;
+        }
+        let n = records.len() as u64;
+        match self.predictions.try_send(records) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                crate::telemetry::predictions_dropped(n);
+                false
+            }
+        }
+    }
+
+    fn send(&self, c: Control) -> Result<(), StoreError> {
+        self.control.try_send(c).map_err(|e| match e {
+            TrySendError::Full(_) => StoreError::Busy(self.control.len()),
+            TrySendError::Disconnected(_) => StoreError::Stopped,
+        })
+    }
+
+    /// Stores labels durably and joins them to the logged predictions.
+    pub async fn feedback(
+        &self,
+        deployment: &str,
+        class_names: Vec<String>,
+        items: Vec<FeedbackItem>,
+    ) -> Result<Vec<FeedbackResult>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Control::Feedback {
+            deployment: deployment.to_owned(),
+            class_names,
+            items,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Durably records a deployment's state (JSON).
+    pub async fn save_deployment(&self, name: &str, state: String) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Control::SaveDeployment {
+            name: name.to_owned(),
+            state,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Waits until every prediction queued so far is written.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Control::Flush { reply })?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Reads every stored deployment state (name, JSON).
+    pub fn load_deployments(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = writer::open(&self.path)?;
+        let err = |source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut stmt = conn
+            .prepare("SELECT name, state FROM deployments ORDER BY name")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        Ok(rows)
+    }
+
+    /// Reads the labels stored for a deployment (request id, row, label JSON).
+    pub fn labels(&self, deployment: &str) -> Result<Vec<(String, u32, String)>, StoreError> {
+        let conn = writer::open(&self.path)?;
+        let err = |source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut stmt = conn
+            .prepare("SELECT request_id, row, label FROM labels WHERE deployment = ?1 ORDER BY received_ms, request_id, row")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![deployment], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        Ok(rows)
+    }
+
+    /// The predictions logged for one request (model, version, role, served, row, prediction JSON).
+    pub fn predictions_for(
+        &self,
+        deployment: &str,
+        request_id: &str,
+    ) -> Result<Vec<(String, u64, String, bool, u32, String)>, StoreError> {
+        let conn = writer::open(&self.path)?;
+        let err = |source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut stmt = conn
+            .prepare(
+                "SELECT model, version, role, served, row, prediction FROM predictions
+                 WHERE deployment = ?1 AND request_id = ?2 ORDER BY row, model, version",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![deployment, request_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        Ok(rows)
+    }
+
+    /// A stored deployment state by name.
+    pub fn deployment_state(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let conn = writer::open(&self.path)?;
+        conn.query_row(
+            "SELECT state FROM deployments WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// Parses a stored outcome.
+pub(crate) fn parse_outcome(s: &str) -> Result<Outcome, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("outcome {s:?}: {e}")))
+}
+
+pub(crate) fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}

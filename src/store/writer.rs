@@ -1,0 +1,707 @@
+//! The writer thread: schema, batched prediction writes, durable feedback,
+//! retention, and restoring evaluation state at start-up.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, select};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{
+    Control, FeedbackItem, FeedbackResult, FeedbackStatus, PredictionRecord, Role, StoreCounters,
+    StoreError, StoreSettings, parse_outcome, sqlite_err,
+};
+use crate::evaluation::metrics::MetricsState;
+use crate::evaluation::prediction::{Label, Prediction};
+use crate::evaluation::{Evaluator, ModelKey};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments (
+    name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+    deployment TEXT NOT NULL, request_id TEXT NOT NULL, row INTEGER NOT NULL,
+    model TEXT NOT NULL, version INTEGER NOT NULL, role TEXT NOT NULL, served INTEGER NOT NULL,
+    segment TEXT, created_ms INTEGER NOT NULL, latency_us INTEGER NOT NULL, prediction TEXT NOT NULL,
+    PRIMARY KEY (deployment, request_id, row, model, version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created_ms);
+CREATE TABLE IF NOT EXISTS labels (
+    deployment TEXT NOT NULL, request_id TEXT NOT NULL, row INTEGER NOT NULL,
+    label TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    PRIMARY KEY (deployment, request_id, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outcomes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, deployment TEXT NOT NULL, model TEXT NOT NULL,
+    version INTEGER NOT NULL, outcome TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS outcomes_model ON outcomes (deployment, model, version, seq);
+CREATE TABLE IF NOT EXISTS model_eval (
+    deployment TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
+    state TEXT, agree INTEGER NOT NULL, compared INTEGER NOT NULL, predictions INTEGER NOT NULL,
+    PRIMARY KEY (deployment, model, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deployment_counters (
+    deployment TEXT PRIMARY KEY, rows_served INTEGER NOT NULL, rows_labelled INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// Opens a connection with contender's settings and schema.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    let err = sqlite_err(path);
+    let conn = Connection::open(path).map_err(&err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(&err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&err)?;
+    conn.execute_batch(SCHEMA).map_err(&err)?;
+    let version: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&err)?;
+    match version.as_deref().map(str::parse::<i64>) {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                params![SCHEMA_VERSION.to_string()],
+            )
+            .map_err(&err)?;
+        }
+        Some(Ok(SCHEMA_VERSION)) => {}
+        Some(other) => {
+            return Err(StoreError::Corrupt(format!(
+                "{} has schema version {other:?}; this contender reads version {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+    }
+    Ok(conn)
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Rebuilds the evaluator from the stored state; equal to what it was.
+pub fn restore(
+    conn: &Connection,
+    path: &Path,
+    evaluator: &Evaluator,
+    counters: &StoreCounters,
+) -> Result<(), StoreError> {
+    let err = sqlite_err(path);
+    evaluator.clear();
+    let mut stmt = conn
+        .prepare("SELECT deployment, model, version, state, agree, compared, predictions FROM model_eval")
+        .map_err(&err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, u64>(4)?,
+                r.get::<_, u64>(5)?,
+                r.get::<_, u64>(6)?,
+            ))
+        })
+        .map_err(&err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(&err)?;
+    let mut recent_stmt = conn
+        .prepare(
+            "SELECT outcome FROM (SELECT seq, outcome FROM outcomes
+               WHERE deployment = ?1 AND model = ?2 AND version = ?3 ORDER BY seq DESC LIMIT ?4)
+             ORDER BY seq",
+        )
+        .map_err(&err)?;
+    for (deployment, model, version, state, agree, compared, predictions) in rows {
+        let state: Option<MetricsState> = state
+            .map(|s| {
+                serde_json::from_str(&s)
+                    .map_err(|e| StoreError::Corrupt(format!("metrics state: {e}")))
+            })
+            .transpose()?;
+        let window = evaluator.window(&deployment);
+        let recent = recent_stmt
+            .query_map(params![deployment, model, version, window as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?
+            .iter()
+            .map(|s| parse_outcome(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        evaluator.restore_model(
+            &deployment,
+            (model, version),
+            state,
+            recent,
+            (agree, compared, predictions),
+        );
+    }
+    let mut stmt = conn
+        .prepare("SELECT deployment, rows_served, rows_labelled FROM deployment_counters")
+        .map_err(&err)?;
+    for row in stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, u64>(2)?,
+            ))
+        })
+        .map_err(&err)?
+    {
+        let (d, served, labelled) = row.map_err(&err)?;
+        evaluator.restore_counters(&d, served, labelled);
+    }
+    let evicted: Option<u64> = conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'evicted'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&err)?;
+    counters
+        .evicted
+        .store(evicted.unwrap_or(0), Ordering::Relaxed);
+    let rows: u64 = conn
+        .query_row("SELECT COUNT(*) FROM predictions", [], |r| r.get(0))
+        .map_err(&err)?;
+    counters.rows.store(rows, Ordering::Relaxed);
+    Ok(())
+}
+
+pub struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    settings: StoreSettings,
+    evaluator: Arc<Evaluator>,
+    counters: Arc<StoreCounters>,
+    buffer: Vec<PredictionRecord>,
+    /// Models whose outcomes grew since the last pruning.
+    touched_outcomes: BTreeSet<(String, String, u64)>,
+    last_sweep: Instant,
+}
+
+const BATCH: usize = 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        path: PathBuf,
+        settings: StoreSettings,
+        evaluator: Arc<Evaluator>,
+        counters: Arc<StoreCounters>,
+    ) -> Writer {
+        Writer {
+            conn,
+            path,
+            settings,
+            evaluator,
+            counters,
+            buffer: Vec::with_capacity(BATCH),
+            touched_outcomes: BTreeSet::new(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    /// Serves both queues until every sender is gone, then writes what is left.
+    pub fn run(mut self, predictions: Receiver<Vec<PredictionRecord>>, control: Receiver<Control>) {
+        let mut predictions_open = true;
+        let closed = crossbeam_channel::never();
+        loop {
+            let wait = if self.buffer.is_empty() {
+                SWEEP_EVERY
+            } else {
+                FLUSH_EVERY
+            };
+            select! {
+                recv(if predictions_open { &predictions } else { &closed }) -> msg => match msg {
+                    Ok(batch) => {
+                        self.buffer.extend(batch);
+                        // Drain what is already queued, up to a batch.
+                        while self.buffer.len() < BATCH {
+                            match predictions.try_recv() {
+                                Ok(more) => self.buffer.extend(more),
+                                Err(_) => break,
+                            }
+                        }
+                        if self.buffer.len() >= BATCH {
+                            self.flush();
+                        }
+                    }
+                    Err(_) => predictions_open = false,
+                },
+                recv(control) -> msg => match msg {
+                    Ok(c) => {
+                        // Everything queued before this command is written first.
+                        while let Ok(more) = predictions.try_recv() {
+                            self.buffer.extend(more);
+                        }
+                        self.flush();
+                        self.handle(c);
+                    }
+                    Err(_) => break,
+                },
+                default(wait) => self.flush(),
+            }
+            if self.last_sweep.elapsed() >= SWEEP_EVERY {
+                self.sweep();
+            }
+        }
+        while let Ok(more) = predictions.try_recv() {
+            self.buffer.extend(more);
+        }
+        self.flush();
+    }
+
+    fn handle(&mut self, c: Control) {
+        match c {
+            Control::Feedback {
+                deployment,
+                class_names,
+                items,
+                reply,
+            } => {
+                let result = self.feedback(&deployment, &class_names, items);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, deployment, "storing feedback failed");
+                    self.reload();
+                }
+                let _ = reply.send(result);
+            }
+            Control::SaveDeployment { name, state, reply } => {
+                let r = self
+                    .conn
+                    .execute(
+                        "INSERT INTO deployments (name, state, updated_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+                        params![name, state, now_ms()],
+                    )
+                    .map(|_| ())
+                    .map_err(sqlite_err(&self.path));
+                let _ = reply.send(r);
+            }
+            Control::Flush { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// After a failed transaction the in-memory state may be ahead of the
+    /// database: rebuild it from what is durable.
+    fn reload(&mut self) {
+        if let Err(e) = restore(&self.conn, &self.path, &self.evaluator, &self.counters) {
+            tracing::error!(error = %e, "reloading evaluation state failed");
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.buffer);
+        let started = Instant::now();
+        let n = batch.len();
+        if let Err(e) = self.write_predictions(&batch) {
+            tracing::error!(error = %e, rows = n, "writing predictions failed; they are lost");
+            self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            self.reload();
+        }
+        crate::telemetry::store_batch(n, started.elapsed());
+        self.buffer = batch;
+        self.buffer.clear();
+    }
+
+    fn write_predictions(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+        let err = sqlite_err(&self.path);
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&err)?;
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
+        let mut served_rows: HashMap<String, u64> = HashMap::new();
+        let mut inserted = 0u64;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO predictions
+                     (deployment, request_id, row, model, version, role, served, segment, created_ms, latency_us, prediction)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(&err)?;
+            let mut others = tx
+                .prepare_cached(
+                    "SELECT model, version, role, prediction FROM predictions
+                     WHERE deployment = ?1 AND request_id = ?2 AND row = ?3 AND NOT (model = ?4 AND version = ?5)",
+                )
+                .map_err(&err)?;
+            for r in batch {
+                let prediction =
+                    serde_json::to_string(&r.prediction).expect("predictions serialise");
+                let changed = insert
+                    .execute(params![
+                        &*r.deployment,
+                        &*r.request_id,
+                        r.row,
+                        &*r.model,
+                        r.version,
+                        r.role.as_str(),
+                        r.served,
+                        r.segment.as_deref(),
+                        r.created_ms,
+                        r.latency_us,
+                        prediction,
+                    ])
+                    .map_err(&err)?;
+                if changed == 0 {
+                    continue;
+                }
+                inserted += 1;
+                let key: ModelKey = (r.model.to_string(), r.version);
+                self.evaluator
+                    .add_predictions(&r.deployment, &key, 1, r.served);
+                if r.served {
+                    *served_rows.entry(r.deployment.to_string()).or_default() += 1;
+                }
+                touched.insert((r.deployment.to_string(), key.clone()));
+                // Agreement between the champion and each challenger, counted
+                // once per pair: when the second of the two is written.
+                let rows = others
+                    .query_map(
+                        params![&*r.deployment, &*r.request_id, r.row, &*r.model, r.version],
+                        |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, u64>(1)?,
+                                row.get::<_, String>(2)?,
+                                row.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .map_err(&err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(&err)?;
+                for (model, version, role, other) in rows {
+                    let other_role = Role::parse(&role);
+                    let challenger = match (r.role, other_role) {
+                        (Role::Champion, Some(Role::Shadow | Role::Canary)) => (model, version),
+                        (Role::Shadow | Role::Canary, Some(Role::Champion)) => key.clone(),
+                        _ => continue,
+                    };
+                    let Ok(other) = serde_json::from_str::<Prediction>(&other) else {
+                        continue;
+                    };
+                    self.evaluator.add_comparison(
+                        &r.deployment,
+                        &challenger,
+                        r.prediction.agrees(&other),
+                    );
+                    touched.insert((r.deployment.to_string(), challenger));
+                }
+            }
+        }
+        save_evals(&self.evaluator, &self.path, &tx, &touched)?;
+        for deployment in served_rows.keys() {
+            save_counters(&self.evaluator, &self.path, &tx, deployment)?;
+        }
+        tx.commit().map_err(&err)?;
+        self.counters.rows.fetch_add(inserted, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn save_evals(
+    evaluator: &Evaluator,
+    path: &Path,
+    tx: &Transaction<'_>,
+    touched: &BTreeSet<(String, ModelKey)>,
+) -> Result<(), StoreError> {
+    {
+        let err = sqlite_err(path);
+        let mut by_deployment: HashMap<&str, Vec<ModelKey>> = HashMap::new();
+        for (d, k) in touched {
+            by_deployment.entry(d).or_default().push(k.clone());
+        }
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO model_eval (deployment, model, version, state, agree, compared, predictions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (deployment, model, version) DO UPDATE SET state = excluded.state,
+                   agree = excluded.agree, compared = excluded.compared, predictions = excluded.predictions",
+            )
+            .map_err(&err)?;
+        for (deployment, keys) in by_deployment {
+            for (key, eval) in evaluator.model_evals(deployment, &keys) {
+                let state = eval
+                    .cumulative_state()
+                    .map(|s| serde_json::to_string(s).expect("metrics state serialises"));
+                upsert
+                    .execute(params![
+                        deployment,
+                        key.0,
+                        key.1,
+                        state,
+                        eval.agree,
+                        eval.compared,
+                        eval.predictions
+                    ])
+                    .map_err(&err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn save_counters(
+    evaluator: &Evaluator,
+    path: &Path,
+    tx: &Transaction<'_>,
+    deployment: &str,
+) -> Result<(), StoreError> {
+    {
+        let (served, labelled) = evaluator.counters(deployment);
+        tx.execute(
+            "INSERT INTO deployment_counters (deployment, rows_served, rows_labelled) VALUES (?1, ?2, ?3)
+             ON CONFLICT (deployment) DO UPDATE SET rows_served = excluded.rows_served, rows_labelled = excluded.rows_labelled",
+            params![deployment, served, labelled],
+        )
+        .map_err(sqlite_err(path))?;
+        Ok(())
+    }
+}
+
+impl Writer {
+    fn feedback(
+        &mut self,
+        deployment: &str,
+        class_names: &[String],
+        items: Vec<FeedbackItem>,
+    ) -> Result<Vec<FeedbackResult>, StoreError> {
+        let err = sqlite_err(&self.path);
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(&err)?;
+        let retention_ms = self.settings.retention_ms;
+        let now = now_ms();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
+        let mut labelled = 0u64;
+        {
+            let mut existing_label = tx
+                .prepare_cached("SELECT label FROM labels WHERE deployment = ?1 AND request_id = ?2 AND row = ?3")
+                .map_err(&err)?;
+            let mut preds = tx
+                .prepare_cached(
+                    "SELECT model, version, prediction FROM predictions
+                     WHERE deployment = ?1 AND request_id = ?2 AND row = ?3",
+                )
+                .map_err(&err)?;
+            let mut insert_label = tx
+                .prepare_cached(
+                    "INSERT INTO labels (deployment, request_id, row, label, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(&err)?;
+            let mut insert_outcome = tx
+                .prepare_cached("INSERT INTO outcomes (deployment, model, version, outcome) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(&err)?;
+            for item in items {
+                let result = |status, message: Option<String>| FeedbackResult {
+                    id: item.id.clone(),
+                    row: item.row,
+                    status,
+                    message,
+                };
+                let predictions = preds
+                    .query_map(params![deployment, item.id, item.row], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, u64>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })
+                    .map_err(&err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(&err)?;
+                let predictions: Vec<(String, u64, Prediction)> = predictions
+                    .into_iter()
+                    .filter_map(|(m, v, p)| serde_json::from_str(&p).ok().map(|p| (m, v, p)))
+                    .collect();
+                let stored: Option<String> = existing_label
+                    .query_row(params![deployment, item.id, item.row], |r| r.get(0))
+                    .optional()
+                    .map_err(&err)?;
+                let kind = predictions.first().map(|(_, _, p)| p.kind());
+                if let Some(stored) = stored {
+                    let stored: Option<Label> = serde_json::from_str(&stored).ok();
+                    let posted = kind.and_then(|k| Label::parse(&item.label, k, class_names).ok());
+                    results.push(if posted.is_some() && posted == stored {
+                        result(FeedbackStatus::Duplicate, None)
+                    } else {
+                        result(
+                            FeedbackStatus::Conflict,
+                            Some(format!(
+                                "a different label is already stored for this id ({}); labels are not overwritten",
+                                stored.map_or_else(|| "?".into(), |l| label_text(&l))
+                            )),
+                        )
+                    });
+                    continue;
+                }
+                let Some(kind) = kind else {
+                    let expired = is_expired(&item.id, now, retention_ms);
+                    results.push(if expired {
+                        result(
+                            FeedbackStatus::Expired,
+                            Some("its predictions are older than the retention window".into()),
+                        )
+                    } else {
+                        result(
+                            FeedbackStatus::UnknownId,
+                            Some(format!(
+                                "no prediction for request id {:?} row {} in this deployment",
+                                item.id, item.row
+                            )),
+                        )
+                    });
+                    continue;
+                };
+                let label = match Label::parse(&item.label, kind, class_names) {
+                    Ok(l) => l,
+                    Err(message) => {
+                        results.push(result(FeedbackStatus::Invalid, Some(message)));
+                        continue;
+                    }
+                };
+                let label_json = serde_json::to_string(&label).expect("labels serialise");
+                insert_label
+                    .execute(params![deployment, item.id, item.row, label_json, now])
+                    .map_err(&err)?;
+                for (model, version, prediction) in predictions {
+                    let Some(outcome) = prediction.outcome(&label) else {
+                        continue;
+                    };
+                    let outcome_json = serde_json::to_string(&outcome).expect("outcomes serialise");
+                    insert_outcome
+                        .execute(params![deployment, model, version, outcome_json])
+                        .map_err(&err)?;
+                    let key: ModelKey = (model, version);
+                    self.evaluator.add_outcome(deployment, &key, outcome);
+                    self.touched_outcomes
+                        .insert((deployment.to_owned(), key.0.clone(), key.1));
+                    touched.insert((deployment.to_owned(), key));
+                }
+                labelled += 1;
+                results.push(result(FeedbackStatus::Accepted, None));
+            }
+        }
+        self.evaluator.add_labelled(deployment, labelled);
+        save_evals(&self.evaluator, &self.path, &tx, &touched)?;
+        save_counters(&self.evaluator, &self.path, &tx, deployment)?;
+        tx.commit().map_err(&err)?;
+        Ok(results)
+    }
+
+    /// Retention, the size cap, and pruning outcomes beyond the windows.
+    fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        if let Err(e) = self.try_sweep() {
+            tracing::error!(error = %e, "store sweep failed");
+        }
+    }
+
+    fn try_sweep(&mut self) -> Result<(), StoreError> {
+        let err = sqlite_err(&self.path);
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&err)?;
+        let tx = self.conn.transaction().map_err(&err)?;
+        let cutoff = now_ms() - self.settings.retention_ms;
+        let mut evicted = tx
+            .execute(
+                "DELETE FROM predictions WHERE created_ms < ?1",
+                params![cutoff],
+            )
+            .map_err(&err)? as u64;
+        let rows = self
+            .counters
+            .rows
+            .load(Ordering::Relaxed)
+            .saturating_sub(evicted);
+        if rows > self.settings.max_predictions {
+            let excess = rows - self.settings.max_predictions;
+            evicted += tx
+                .execute(
+                    "DELETE FROM predictions WHERE (deployment, request_id, row, model, version) IN
+                       (SELECT deployment, request_id, row, model, version FROM predictions
+                        ORDER BY created_ms LIMIT ?1)",
+                    params![excess as i64],
+                )
+                .map_err(&err)? as u64;
+        }
+        for (deployment, model, version) in std::mem::take(&mut self.touched_outcomes) {
+            let window = self.evaluator.window(&deployment) as i64;
+            tx.execute(
+                "DELETE FROM outcomes WHERE deployment = ?1 AND model = ?2 AND version = ?3 AND seq <
+                   (SELECT seq FROM outcomes WHERE deployment = ?1 AND model = ?2 AND version = ?3
+                    ORDER BY seq DESC LIMIT 1 OFFSET ?4)",
+                params![deployment, model, version, window - 1],
+            )
+            .map_err(&err)?;
+        }
+        if evicted > 0 {
+            let total = self.counters.evicted.fetch_add(evicted, Ordering::Relaxed) + evicted;
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES ('evicted', ?1)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![total],
+            )
+            .map_err(&err)?;
+            crate::telemetry::predictions_evicted(evicted);
+        }
+        tx.commit().map_err(&err)?;
+        self.counters
+            .rows
+            .store(rows.saturating_sub(evicted.min(rows)), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn label_text(l: &Label) -> String {
+    match l {
+        Label::Class(c) => format!("class {c}"),
+        Label::Value(v) => format!("{v}"),
+    }
+}
+
+/// Whether a request id generated by contender (UUID v7) is older than the
+/// retention window. Ids chosen by the application cannot tell.
+fn is_expired(id: &str, now_ms: i64, retention_ms: i64) -> bool {
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .filter(|u| u.get_version_num() == 7)
+        .and_then(|u| u.get_timestamp())
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            let ms = secs as i64 * 1000 + i64::from(nanos / 1_000_000);
+            ms < now_ms - retention_ms
+        })
+        .unwrap_or(false)
+}

@@ -50,6 +50,24 @@ pub enum Command {
         /// The version directory.
         path: PathBuf,
     },
+    /// Show deployments: champion, challengers, traffic, metrics per model.
+    Status {
+        /// One deployment (default: all).
+        deployment: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Where a running gateway is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Remote {
+    /// The gateway's base URL [default: from server.http_addr in the config].
+    #[arg(long, env = "CONTENDER_URL")]
+    pub url: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,6 +92,9 @@ pub fn run(cli: Cli) -> ExitCode {
             command: ModelsCommand::List { json },
         } => list_models(&config, json),
         Command::Validate { path } => validate(&config, &path),
+        Command::Status { deployment, remote } => {
+            crate::cli_remote::status(&config, deployment.as_deref(), &remote)
+        }
     }
 }
 

@@ -1,2 +1,4 @@
 //! Drift monitoring: reference statistics shipped with each model version,
 //! drift scores of live inputs and predictions against them, and alerts.
+pub mod reference;
+pub mod stats;

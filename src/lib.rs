@@ -2,6 +2,7 @@
 //! Inference Protocol (KServe V2).
 
 pub mod cli;
+mod cli_remote;
 pub mod config;
 pub mod deployment;
 pub mod drift;

@@ -1,0 +1,224 @@
+//! CLI commands that talk to a running gateway over its admin API.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use crate::cli::Remote;
+use crate::config::Config;
+
+/// The base URL: `--url`, else the configured listen address (0.0.0.0 → 127.0.0.1).
+pub fn base_url(config: &Config, remote: &Remote) -> String {
+    if let Some(url) = &remote.url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let mut addr = config.server.http_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+/// Sends one request and returns the JSON body, or a message for the user.
+pub fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<Value, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut req = client.request(method, url);
+        if let Ok(token) = std::env::var("CONTENDER_ADMIN_TOKEN")
+            && !token.is_empty()
+        {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the gateway at {url}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            Ok(v)
+        } else {
+            let msg = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map_or_else(|| v.to_string(), str::to_owned);
+            Err(format!("{status}: {msg}"))
+        }
+    })
+}
+
+fn fmt_opt(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn table(out: &mut impl std::io::Write, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let _ = writeln!(out, "{}", line(&header));
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row));
+    }
+}
+
+/// Prints one deployment as a person reads it.
+pub fn print_deployment(out: &mut impl std::io::Write, d: &Value) {
+    let ev = &d["evaluation"];
+    let _ = writeln!(
+        out,
+        "deployment {}  ({})  champion {}@{}",
+        d["name"].as_str().unwrap_or("?"),
+        if d["ready"].as_bool() == Some(true) {
+            "ready"
+        } else {
+            "not ready"
+        },
+        d["champion"]["model"].as_str().unwrap_or("?"),
+        d["champion"]["version"],
+    );
+    let _ = writeln!(
+        out,
+        "  rows served {}  labelled {}  coverage {}  window {} labels",
+        ev["rows_served"],
+        ev["rows_labelled"],
+        ev["label_coverage"]
+            .as_f64()
+            .map_or_else(|| "-".into(), |c| format!("{:.1}%", c * 100.0)),
+        ev["window_labels"],
+    );
+    let mut members = vec![d["champion"].clone()];
+    members.extend(d["challengers"].as_array().cloned().unwrap_or_default());
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let model = m["model"].as_str().unwrap_or("?");
+            let version = m["version"].as_u64().unwrap_or(0);
+            let e = ev["models"]
+                .as_array()
+                .and_then(|ms| {
+                    ms.iter()
+                        .find(|x| x["model"] == model && x["version"] == version)
+                })
+                .cloned()
+                .unwrap_or(Value::Null);
+            let s = &m["stats"];
+            let role = m["role"].as_str().or(m["mode"].as_str()).unwrap_or("?");
+            let share = m["fraction"]
+                .as_f64()
+                .map_or_else(|| "-".into(), |f| format!("{:.0}%", f * 100.0));
+            let (w, c) = (&e["window"], &e["cumulative"]);
+            let quality = if c["accuracy"].is_number() {
+                format!(
+                    "{} / {}",
+                    fmt_opt(&w["accuracy"], 4),
+                    fmt_opt(&c["accuracy"], 4)
+                )
+            } else if c["mae"].is_number() {
+                format!("mae {} / {}", fmt_opt(&w["mae"], 3), fmt_opt(&c["mae"], 3))
+            } else {
+                "-".into()
+            };
+            vec![
+                format!("{model}@{version}"),
+                role.to_owned(),
+                share,
+                s["served"].to_string(),
+                s["mirrored"].to_string(),
+                s["dropped"].to_string(),
+                format!("{}/{}", s["errors"], s["timeouts"]),
+                e["labelled"].as_u64().unwrap_or(0).to_string(),
+                quality,
+                fmt_opt(&w["log_loss"], 4),
+                e["agreement_with_champion"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |a| format!("{:.1}%", a * 100.0)),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "MODEL",
+            "ROLE",
+            "SHARE",
+            "SERVED",
+            "MIRRORED",
+            "DROPPED",
+            "ERR/TIMEOUT",
+            "LABELLED",
+            "ACCURACY (window / all)",
+            "LOG LOSS",
+            "AGREES",
+        ],
+        &rows,
+    );
+    let log = &d["prediction_log"];
+    let _ = writeln!(
+        out,
+        "  prediction log: {} rows, {} dropped (queue full), {} evicted",
+        log["rows"], log["dropped"], log["evicted"]
+    );
+}
+
+pub fn status(config: &Config, deployment: Option<&str>, remote: &Remote) -> ExitCode {
+    let base = base_url(config, remote);
+    let url = match deployment {
+        Some(d) => format!("{base}/admin/deployments/{d}"),
+        None => format!("{base}/admin/deployments"),
+    };
+    match call(reqwest::Method::GET, &url, None) {
+        Ok(v) => {
+            let mut out = std::io::stdout().lock();
+            if remote.json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("JSON values serialise")
+                );
+                return ExitCode::SUCCESS;
+            }
+            let list = match deployment {
+                Some(_) => vec![v],
+                None => v["deployments"].as_array().cloned().unwrap_or_default(),
+            };
+            for (i, d) in list.iter().enumerate() {
+                if i > 0 {
+                    let _ = writeln!(out);
+                }
+                print_deployment(&mut out, d);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("contender: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

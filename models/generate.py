@@ -25,7 +25,11 @@ What it makes (all paths relative to the repository root):
 Every ONNX model directory holds `model.onnx` and `model.toml` (description,
 task, labels, tags, created, feature_names, [lineage], [metrics]); the trained
 models also hold `expected.json`, the outputs of the ONNX file under Python
-onnxruntime (single-threaded) on the held-out rows in `models/_data/*.json`.
+onnxruntime (single-threaded) on the held-out rows in `models/_data/*.json`,
+and `reference.json`, the drift-monitoring reference statistics of the
+training split: per-feature quantile bins, moments and a sorted subsample, and
+the distribution of that model version's own predictions on the training rows
+(read by `src/drift/reference.rs`; bins as `histogram` in `src/drift/stats.rs`).
 breast_cancer/4 has no ONNX file: its expected.json and metrics come from a
 numpy float32 forward pass over the exact (float32) weights in the JSON file,
 checked against scikit-learn's predict_proba.
@@ -185,6 +189,21 @@ MLP_WEIGHTS = "_data/breast_cancer_mlp_weights.json"
 # What traces model.pt from MLP_WEIGHTS (see models/README.md).
 TORCHSCRIPT_EXPORTER = "torch 1.13 TorchScript (served by libtorch 2.13.0)"
 
+# reference.json (drift reference statistics, see write_reference):
+REFERENCE_FORMAT_VERSION = 1
+# Interior bin edges: the distinct 10 %, 20 %, ..., 90 % quantiles of the training
+# values (numpy method="inverted_cdf", so every edge is a training value), minus
+# any edge at the maximum (it would bound an empty top bin).
+REFERENCE_QUANTILES = [i / 10 for i in range(1, 10)]
+# Sorted subsample per numeric series (features and a regressor's output) for KS
+# and Wasserstein: one seeded draw of training rows shared by all series of a
+# file, at most REFERENCE_SAMPLE_MAX rows and REFERENCE_SAMPLE_BUDGET values per
+# file split evenly over its numeric series (keeps the file under ~60 KB).
+REFERENCE_SAMPLE_MAX = 1000
+REFERENCE_SAMPLE_BUDGET = 2000
+REFERENCE_SEED = RANDOM_STATE
+REFERENCE_MAX_BYTES = 60 * 1024
+
 _changed: list[str] = []
 _unchanged: list[str] = []
 
@@ -308,6 +327,7 @@ class Split:
         self.X_test, self.y_test = X_te, y_te
         # The gateway receives float32 features; evaluate on exactly those.
         self.X_test32 = np.ascontiguousarray(X_te.astype(np.float32))
+        self.X_train32 = np.ascontiguousarray(X_tr.astype(np.float32))
         y_dtype = "<i8" if classification else "<f8"
         self.y_bytes_dtype = y_dtype
         self.train_sha256 = sha256_hex(
@@ -346,6 +366,142 @@ def write_holdout(split: Split, name: str, classification: bool) -> str:
     rel = f"_data/{name}_holdout.json"
     write_if_changed(MODELS_DIR / rel, doc)
     return rel
+
+
+# ----------------------------------------------------------------------------
+# Drift reference statistics (reference.json)
+# ----------------------------------------------------------------------------
+
+def reference_bins(edges, values):
+    """Bin index of each value for the interior edges: right-closed bins
+    (-inf, e1], (e1, e2], ..., (ek, +inf), i.e. the number of edges strictly
+    below the value. The same definition as `histogram` in src/drift/stats.rs."""
+    import numpy as np
+
+    idx = np.searchsorted(edges, values, side="left")
+    # Check searchsorted against the definition (it is the crux of the format).
+    brute = (np.asarray(edges)[None, :] < np.asarray(values)[:, None]).sum(axis=1)
+    assert np.array_equal(idx, brute), "searchsorted(side='left') != #edges < value"
+    return idx
+
+
+def reference_sample_rows(n_rows: int, n_series: int):
+    """Sorted row indices of the shared, seeded subsample."""
+    import numpy as np
+
+    k = min(n_rows, REFERENCE_SAMPLE_MAX, REFERENCE_SAMPLE_BUDGET // max(n_series, 1))
+    if k >= n_rows:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(REFERENCE_SEED)
+    return np.sort(rng.choice(n_rows, size=k, replace=False))
+
+
+def numeric_reference(values, sample_rows) -> dict:
+    """Quantile bins, moments and sorted subsample of one numeric series."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64)
+    assert x.ndim == 1 and len(x) > 0 and np.all(np.isfinite(x))
+    q = np.quantile(x, REFERENCE_QUANTILES, method="inverted_cdf")
+    edges = np.unique(q)  # sorted, repeated quantiles merged
+    edges = edges[edges < x.max()]
+    counts = np.bincount(reference_bins(edges, x), minlength=len(edges) + 1)
+    assert len(counts) == len(edges) + 1 and counts.sum() == len(x)
+    assert np.all(counts > 0), counts  # every bin holds its upper edge (a training value)
+    return {
+        "edges": [float(e) for e in edges],
+        "fractions": [float(c) for c in counts / len(x)],
+        "mean": float(np.mean(x)),
+        "std": float(np.std(x)),  # population (ddof=0)
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "sample": [float(v) for v in np.sort(x[sample_rows])],
+    }
+
+
+def _jnum(v) -> str:
+    x = float(v)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"non-finite value {v!r} cannot be written to JSON")
+    return repr(x)  # shortest repr that parses back to the same double
+
+
+def _jobject(items: list[tuple[str, object]]) -> str:
+    """One-line JSON object; float lists as shortest reprs."""
+    parts = []
+    for k, v in items:
+        if isinstance(v, float):
+            text = _jnum(v)
+        elif isinstance(v, list) and v and isinstance(v[0], float):
+            text = "[" + ", ".join(_jnum(x) for x in v) + "]"
+        else:
+            text = json.dumps(v)
+        parts.append(f"{json.dumps(k)}: {text}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def write_reference(vdir: Path, split: Split, predictions: dict) -> None:
+    """reference.json for a model version trained on `split`, from the float32
+    training features (what the gateway receives) and that version's own
+    predictions on them. predictions: {"labels", "label", "proba"} for a
+    classifier, {"prediction"} (float32 [N]) for a regressor."""
+    import numpy as np
+
+    X = split.X_train32.astype(np.float64)
+    n_rows, n_features = X.shape
+    regression = "prediction" in predictions
+    rows = reference_sample_rows(n_rows, n_features + (1 if regression else 0))
+
+    features = []
+    for j, name in enumerate(split.feature_names):
+        ref = numeric_reference(X[:, j], rows)
+        features.append([("kind", "numeric"), ("name", name), ("column", j), *ref.items()])
+
+    if regression:
+        pred = np.asarray(predictions["prediction"], dtype=np.float32).astype(np.float64)
+        assert pred.shape == (n_rows,)
+        ref = numeric_reference(pred, rows)
+        del ref["min"], ref["max"]
+        pred_items = [("kind", "numeric"), *ref.items()]
+    else:
+        labels = list(predictions["labels"])
+        label = np.asarray(predictions["label"])
+        proba = np.asarray(predictions["proba"]).astype(np.float64)
+        assert label.shape == (n_rows,) and proba.shape == (n_rows, len(labels))
+        assert np.array_equal(label, np.argmax(proba, axis=1))
+        counts = np.bincount(label, minlength=len(labels))
+        assert len(counts) == len(labels)
+        pred_items = [
+            ("kind", "classes"),
+            ("labels", labels),
+            ("fractions", [float(c) for c in counts / n_rows]),
+            ("mean_confidence", float(np.mean(proba.max(axis=1)))),
+        ]
+
+    lines = ",\n    ".join(_jobject(f) for f in features)
+    doc = ("{\n"
+           f'  "version": {REFERENCE_FORMAT_VERSION},\n'
+           f'  "rows": {n_rows},\n'
+           f'  "features": [\n    {lines}\n  ],\n'
+           f'  "predictions": {_jobject(pred_items)}\n'
+           "}\n").encode()
+
+    # Verify: parses back to exactly these values and is consistent.
+    back = json.loads(doc)
+    assert list(back) == ["version", "rows", "features", "predictions"]
+    assert back["features"] == [dict(f) for f in features]
+    assert back["predictions"] == dict(pred_items)
+    for series in [*back["features"], back["predictions"]]:
+        if "edges" in series:
+            e, fr, smp = series["edges"], series["fractions"], series["sample"]
+            assert all(a < b for a, b in zip(e, e[1:])) and len(fr) == len(e) + 1
+            assert abs(sum(fr) - 1.0) <= 1e-12 and smp == sorted(smp) and smp
+        else:
+            assert abs(sum(series["fractions"]) - 1.0) <= 1e-12
+    if len(doc) > REFERENCE_MAX_BYTES:
+        raise AssertionError(f"{vdir}/reference.json is {len(doc)} bytes "
+                             f"(> {REFERENCE_MAX_BYTES}); lower REFERENCE_SAMPLE_BUDGET")
+    write_if_changed(vdir / "reference.json", doc)
 
 
 # ----------------------------------------------------------------------------
@@ -503,6 +659,10 @@ def train_classifiers(split: Split, holdout_rel: str, code_rev: str, created: st
         m = classification_metrics(split.y_test, label, proba)
         metrics[f"breast_cancer/{version}"] = m
         write_classifier_expected(vdir / "expected.json", holdout_rel, label, proba)
+        label_tr, proba_tr = ort_session(vdir / "model.onnx").run(
+            ["label", "probabilities"], {"input": split.X_train32})
+        write_reference(vdir, split, {"labels": split.target_names, "label": label_tr,
+                                      "proba": proba_tr})
 
         write_if_changed(vdir / "model.toml", toml_document(
             {
@@ -667,6 +827,9 @@ def train_mlp(split: Split, holdout_rel: str, code_rev: str, created: str,
                              f"version 1 ({reference['accuracy']:.4f})")
     vdir = MODELS_DIR / "breast_cancer" / "4"
     write_classifier_expected(vdir / "expected.json", holdout_rel, label, proba)
+    label_tr, proba_tr, _ = mlp_forward(weights, split.X_train32)
+    write_reference(vdir, split, {"labels": split.target_names, "label": label_tr,
+                                  "proba": proba_tr})
     write_if_changed(vdir / "model.toml", toml_document(
         {
             "description": f"Multilayer perceptron ({MLP_HIDDEN} hidden ReLU units, "
@@ -734,6 +897,10 @@ def train_regressor(split: Split, holdout_rel: str, code_rev: str, created: str)
     assert np.array_equal(np.asarray(back["prediction"], dtype=np.float64)
                           .astype(np.float32).view(np.uint32), pred.view(np.uint32))
     write_if_changed(vdir / "expected.json", expected)
+    (pred_tr,) = ort_session(vdir / "model.onnx").run(["prediction"],
+                                                      {"input": split.X_train32})
+    assert pred_tr.dtype == np.float32 and pred_tr.shape == (len(split.y_train), 1)
+    write_reference(vdir, split, {"prediction": pred_tr[:, 0]})
     write_if_changed(vdir / "model.toml", toml_document(
         {
             "description": "Ridge regression (standardised features, alpha=1.0) on the "

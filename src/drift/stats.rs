@@ -299,8 +299,11 @@ pub fn psi(reference_fractions: &[f64], live_counts: &[u64]) -> Option<f64> {
 /// statistic infinite; use one extra bin with fraction 0 for unseen
 /// categories. Drift when `p <` [`CHI2_P`].
 ///
-/// The usual caveat applies: the χ² approximation wants expected counts of
-/// about 5 or more per bin.
+/// Caveats: the χ² approximation wants expected counts of about 5 or more per
+/// bin; and the test treats the reference fractions as exact, so when they
+/// were estimated from a sample not much larger than the live window the
+/// p-values come out too small (the variance of `Oᵢ/n − eᵢ` is larger by
+/// about `1 + n/n_ref`).
 ///
 /// `None` for fewer than two bins, mismatched lengths, invalid fractions (as
 /// for [`psi`]) or no live counts.

@@ -50,6 +50,32 @@ pub enum Command {
         /// The version directory.
         path: PathBuf,
     },
+    /// Make a challenger the champion (atomic swap; the old champion keeps
+    /// shadowing for instant rollback).
+    Promote {
+        deployment: String,
+        /// MODEL or MODEL@VERSION (a current challenger).
+        model: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make the previous champion the champion again.
+    Rollback {
+        deployment: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The audit trail: promotions, rollbacks, refusals, challenger changes.
+    History {
+        deployment: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Show deployments: champion, challengers, traffic, metrics per model.
     Status {
         /// One deployment (default: all).
@@ -92,6 +118,20 @@ pub fn run(cli: Cli) -> ExitCode {
             command: ModelsCommand::List { json },
         } => list_models(&config, json),
         Command::Validate { path } => validate(&config, &path),
+        Command::Promote {
+            deployment,
+            model,
+            reason,
+            remote,
+        } => crate::cli_remote::promote(&config, &deployment, &model, reason, &remote),
+        Command::Rollback {
+            deployment,
+            reason,
+            remote,
+        } => crate::cli_remote::rollback(&config, &deployment, reason, &remote),
+        Command::History { deployment, remote } => {
+            crate::cli_remote::history(&config, &deployment, &remote)
+        }
         Command::Status { deployment, remote } => {
             crate::cli_remote::status(&config, deployment.as_deref(), &remote)
         }

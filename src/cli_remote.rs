@@ -222,3 +222,137 @@ pub fn status(config: &Config, deployment: Option<&str>, remote: &Remote) -> Exi
         }
     }
 }
+
+fn who() -> Option<String> {
+    std::env::var("USER").ok().filter(|u| !u.is_empty())
+}
+
+fn print_or_fail(
+    result: Result<Value, String>,
+    remote: &Remote,
+    done: impl FnOnce(&Value) -> String,
+) -> ExitCode {
+    match result {
+        Ok(v) => {
+            let mut out = std::io::stdout().lock();
+            if remote.json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("JSON values serialise")
+                );
+            } else {
+                let _ = writeln!(out, "{}", done(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("contender: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn promote(
+    config: &Config,
+    deployment: &str,
+    model: &str,
+    reason: Option<String>,
+    remote: &Remote,
+) -> ExitCode {
+    let (name, version) = match model.split_once('@') {
+        Some((m, v)) => match v.parse::<u64>() {
+            Ok(v) => (m, Some(v)),
+            Err(_) => {
+                eprintln!("contender: {model:?}: the version after '@' must be a positive integer");
+                return ExitCode::from(crate::cli::EXIT_CONFIG);
+            }
+        },
+        None => (model, None),
+    };
+    let url = format!(
+        "{}/admin/deployments/{deployment}/promote",
+        base_url(config, remote)
+    );
+    let body =
+        serde_json::json!({ "model": name, "version": version, "by": who(), "reason": reason });
+    print_or_fail(call(reqwest::Method::POST, &url, Some(body)), remote, |v| {
+        format!(
+            "{deployment}: champion is now {}@{}",
+            v["champion"]["model"].as_str().unwrap_or("?"),
+            v["champion"]["version"]
+        )
+    })
+}
+
+pub fn rollback(
+    config: &Config,
+    deployment: &str,
+    reason: Option<String>,
+    remote: &Remote,
+) -> ExitCode {
+    let url = format!(
+        "{}/admin/deployments/{deployment}/rollback",
+        base_url(config, remote)
+    );
+    let body = serde_json::json!({ "by": who(), "reason": reason });
+    print_or_fail(call(reqwest::Method::POST, &url, Some(body)), remote, |v| {
+        format!(
+            "{deployment}: rolled back; champion is now {}@{}",
+            v["champion"]["model"].as_str().unwrap_or("?"),
+            v["champion"]["version"]
+        )
+    })
+}
+
+fn model_text(v: &Value) -> String {
+    match (v["model"].as_str(), v["version"].as_u64()) {
+        (Some(m), Some(ver)) => format!("{m}@{ver}"),
+        _ => "-".into(),
+    }
+}
+
+pub fn history(config: &Config, deployment: &str, remote: &Remote) -> ExitCode {
+    let url = format!(
+        "{}/admin/deployments/{deployment}/history",
+        base_url(config, remote)
+    );
+    print_or_fail(call(reqwest::Method::GET, &url, None), remote, |v| {
+        let rows: Vec<Vec<String>> = v["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|r| {
+                        let at = r["at_ms"].as_u64().unwrap_or(0);
+                        let when = humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at),
+                        )
+                        .to_string();
+                        let trigger = match r["trigger"]["kind"].as_str() {
+                            Some("person") => {
+                                format!("person {}", r["trigger"]["name"].as_str().unwrap_or(""))
+                            }
+                            Some(k) => k.to_owned(),
+                            None => "-".into(),
+                        };
+                        vec![
+                            when,
+                            r["action"].as_str().unwrap_or("?").to_owned(),
+                            trigger.trim().to_owned(),
+                            model_text(&r["from"]),
+                            model_text(&r["to"]),
+                            r["reason"].as_str().unwrap_or("").to_owned(),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut buf = Vec::new();
+        table(
+            &mut buf,
+            &["WHEN", "ACTION", "TRIGGER", "FROM", "TO", "REASON"],
+            &rows,
+        );
+        String::from_utf8_lossy(&buf).trim_end().to_owned()
+    })
+}

@@ -13,6 +13,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::evaluation::metrics::MetricKind;
+
 /// File read when no `--config` is given (when it exists).
 pub const DEFAULT_CONFIG_FILE: &str = "contender.toml";
 
@@ -83,6 +85,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     pub drain_timeout_secs: u64,
+    /// Bearer token the admin API (`/admin/...`) requires. Without one, the
+    /// admin API answers only clients on this machine (loopback).
+    /// Better set through `CONTENDER_SERVER__ADMIN_TOKEN` than in a file.
+    pub admin_token: Option<String>,
+    /// Bearer token the inference and feedback endpoints require, when set.
+    pub inference_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +99,8 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_body_bytes: 16 * 1024 * 1024,
             drain_timeout_secs: 30,
+            admin_token: None,
+            inference_token: None,
         }
     }
 }
@@ -249,6 +259,8 @@ pub struct DeploymentConfig {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub evaluation: EvaluationConfig,
+    #[serde(default)]
+    pub promotion: PromotionConfig,
 }
 
 /// How a challenger sees traffic.
@@ -389,12 +401,99 @@ impl Default for RoutingConfig {
 pub struct EvaluationConfig {
     /// Size of the sliding window of labelled rows, per model.
     pub window_labels: usize,
+    /// The metric challengers are compared on, through its per-row loss
+    /// (default: `accuracy` for classifiers, `absolute_error` for regressors).
+    pub metric: Option<MetricKind>,
+    /// Per-row losses above this are clipped for the comparison (needed by
+    /// the bounded test): default 10 for log loss, 2 for Brier, and for
+    /// regression errors 1000 — set it to the scale of your target.
+    pub loss_cap: Option<f64>,
+    /// A segment's comparison counts for the "no harm to a segment"
+    /// guardrail once it has this many labelled pairs.
+    pub segment_min_pairs: u64,
 }
 
 impl Default for EvaluationConfig {
     fn default() -> EvaluationConfig {
         EvaluationConfig {
             window_labels: 1000,
+            metric: None,
+            loss_cap: None,
+            segment_min_pairs: 100,
+        }
+    }
+}
+
+impl EvaluationConfig {
+    /// The comparison metric for a model of `task`.
+    pub fn metric_for(&self, classification: bool) -> MetricKind {
+        self.metric.unwrap_or(if classification {
+            MetricKind::Accuracy
+        } else {
+            MetricKind::AbsoluteError
+        })
+    }
+
+    /// The clip applied to per-row losses of `metric`.
+    pub fn cap_for(&self, metric: MetricKind) -> f64 {
+        self.loss_cap.unwrap_or(match metric {
+            MetricKind::Accuracy => 1.0,
+            MetricKind::LogLoss => 10.0,
+            MetricKind::Brier => 2.0,
+            MetricKind::AbsoluteError | MetricKind::SquaredError => 1000.0,
+        })
+    }
+}
+
+/// What happens when a challenger is significantly better.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionMode {
+    /// Promote automatically when the policy's conditions hold.
+    Auto,
+    /// Recommend only; a person promotes (`contender promote`).
+    #[default]
+    Manual,
+    /// No recommendation, no promotion.
+    Off,
+}
+
+/// The promotion policy of a deployment.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromotionConfig {
+    pub mode: PromotionMode,
+    /// Level of the sequential test (always-valid, see `evaluation::sequential`).
+    pub alpha: f64,
+    /// Smallest improvement worth a promotion, in the metric's units
+    /// (accuracy points as a fraction, or loss): the test's confidence bound
+    /// must clear it.
+    pub min_effect: f64,
+    /// Labelled pairs (rows both models answered) needed before any decision.
+    pub min_pairs: u64,
+    /// Largest share of a challenger's mirrored requests that may fail or time out.
+    pub max_error_rate: f64,
+    /// A challenger's p99 latency may be at most this many times the champion's.
+    pub max_latency_ratio: f64,
+    /// How long the previous champion keeps shadowing after a promotion,
+    /// for instant rollback and the post-promotion watch (0 = until removed).
+    pub keep_previous_secs: u64,
+    /// Roll back automatically when the new champion proves significantly
+    /// worse than the previous one while it shadows.
+    pub auto_rollback: bool,
+}
+
+impl Default for PromotionConfig {
+    fn default() -> PromotionConfig {
+        PromotionConfig {
+            mode: PromotionMode::Manual,
+            alpha: 0.05,
+            min_effect: 0.0,
+            min_pairs: 200,
+            max_error_rate: 0.01,
+            max_latency_ratio: 3.0,
+            keep_previous_secs: 3600,
+            auto_rollback: true,
         }
     }
 }
@@ -446,6 +545,39 @@ impl DeploymentConfig {
         if self.evaluation.window_labels == 0 {
             return Err(ConfigError::new(
                 format!("{key}.evaluation.window_labels"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(cap) = self.evaluation.loss_cap
+            && !(cap > 0.0 && cap.is_finite())
+        {
+            return Err(ConfigError::new(
+                format!("{key}.evaluation.loss_cap"),
+                "must be a positive number",
+            ));
+        }
+        let p = &self.promotion;
+        if !(p.alpha > 0.0 && p.alpha < 0.5) {
+            return Err(ConfigError::new(
+                format!("{key}.promotion.alpha"),
+                "must be between 0 and 0.5",
+            ));
+        }
+        if !(p.min_effect >= 0.0 && p.min_effect.is_finite()) {
+            return Err(ConfigError::new(
+                format!("{key}.promotion.min_effect"),
+                "must be 0 or more",
+            ));
+        }
+        if !(0.0..=1.0).contains(&p.max_error_rate) {
+            return Err(ConfigError::new(
+                format!("{key}.promotion.max_error_rate"),
+                "must be between 0 and 1",
+            ));
+        }
+        if !(p.max_latency_ratio >= 1.0) {
+            return Err(ConfigError::new(
+                format!("{key}.promotion.max_latency_ratio"),
                 "must be at least 1",
             ));
         }
@@ -540,6 +672,19 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, token) in [
+            ("server.admin_token", &self.server.admin_token),
+            ("server.inference_token", &self.server.inference_token),
+        ] {
+            if let Some(t) = token
+                && t.trim().len() < 16
+            {
+                return Err(ConfigError::new(
+                    key,
+                    "a token needs at least 16 characters",
+                ));
+            }
+        }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new(
                 "server.max_body_bytes",

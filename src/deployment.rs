@@ -7,6 +7,7 @@
 
 mod live;
 mod loader;
+pub mod promotion;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,20 +58,57 @@ pub struct Deployment {
     state: Mutex<DeploymentConfig>,
     live: ArcSwapOption<LiveSet>,
     member_stats: Mutex<HashMap<ModelRef, Arc<MemberStats>>>,
+    /// Promotion bookkeeping, stored with the state.
+    runtime: Mutex<Runtime>,
     /// Serialises changes (admin API, promotion); held across loading.
     changes: tokio::sync::Mutex<()>,
 }
 
+/// The champion before the last promotion, while it still shadows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Previous {
+    pub model: ModelRef,
+    /// When it stops shadowing (ms since the epoch); `None` = until removed.
+    pub until_ms: Option<i64>,
+}
+
+/// Promotion bookkeeping of a deployment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Runtime {
+    pub previous: Option<Previous>,
+    /// Models rolled back from: the policy does not promote them again
+    /// (a person still can).
+    pub blocked: Vec<ModelRef>,
+    /// The last refusal reason per challenger (`model@version`), so a
+    /// refusal is recorded once, not after every label.
+    pub refused: BTreeMap<String, String>,
+    /// The policy's current recommendation (manual mode).
+    pub recommendation: Option<String>,
+}
+
 impl Deployment {
-    fn new(name: &str, state: DeploymentConfig) -> Deployment {
+    fn new(name: &str, state: DeploymentConfig, runtime: Runtime) -> Deployment {
         Deployment {
             name: name.to_owned(),
             name_arc: Arc::from(name),
             state: Mutex::new(state),
             live: ArcSwapOption::empty(),
             member_stats: Mutex::new(HashMap::new()),
+            runtime: Mutex::new(runtime),
             changes: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_runtime(&self, r: Runtime) {
+        *self.runtime.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
     /// The live set, or `None` while the champion is loading (or failed).
@@ -113,6 +151,8 @@ pub enum ChangeError {
 struct StoredDeployment {
     seed: DeploymentConfig,
     state: DeploymentConfig,
+    #[serde(default)]
+    runtime: Runtime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +177,8 @@ pub struct Gateway {
     store: Store,
     /// Deployments whose seed the store does not hold yet.
     unsaved: Mutex<Vec<String>>,
+    /// Names of deployments whose comparisons changed (taken by the policy task).
+    policy: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
 }
 
 fn missing_model(repository: &Repository, r: &ModelRef) -> Option<String> {
@@ -188,25 +230,31 @@ impl Gateway {
             }
         }
         let evaluator = Arc::new(Evaluator::default());
+        let (policy_tx, policy_rx) = tokio::sync::mpsc::channel(1024);
         let store = Store::open(
             &config.store.data_dir,
             StoreSettings {
                 retention_ms: (config.store.retention_hours * 3_600_000.0) as i64,
                 max_predictions: config.store.max_predictions,
                 queue_capacity: config.store.queue_capacity,
+                notify: Some(policy_tx),
             },
             Arc::clone(&evaluator),
         )?;
         let stored: HashMap<String, String> = store.load_deployments()?.into_iter().collect();
         let mut deployments = BTreeMap::new();
         let mut unsaved = Vec::new();
+        let mut runtimes: HashMap<String, Runtime> = HashMap::new();
         for (name, seed) in &config.deployments {
             let state = match stored
                 .get(name)
                 .map(|s| serde_json::from_str::<StoredDeployment>(s))
             {
                 Some(Ok(s)) if &s.seed == seed => match usable(&repository, s.state) {
-                    Ok(state) => state,
+                    Ok(state) => {
+                        runtimes.insert(name.clone(), s.runtime);
+                        state
+                    }
                     Err(why) => {
                         tracing::warn!(deployment = %name, reason = %why, "stored state is not usable; starting from the config");
                         unsaved.push(name.clone());
@@ -228,8 +276,9 @@ impl Gateway {
                     seed.clone()
                 }
             };
-            evaluator.configure(name, state.evaluation.window_labels);
-            deployments.insert(name.clone(), Deployment::new(name, state));
+            evaluator.configure_comparison(name, &state.evaluation, &state.promotion);
+            let runtime = runtimes.remove(name).unwrap_or_default();
+            deployments.insert(name.clone(), Deployment::new(name, state, runtime));
         }
         store.restore()?;
         let mut table = ModelTable::new();
@@ -257,6 +306,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             store,
             unsaved: Mutex::new(unsaved),
+            policy: Mutex::new(Some(policy_rx)),
         })
     }
 
@@ -277,7 +327,7 @@ impl Gateway {
             std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()));
         for name in pending {
             if let Some(d) = self.deployments.get(&name)
-                && let Err(e) = self.save(d, &d.state()).await
+                && let Err(e) = self.save(d, &d.state(), &d.runtime(), None).await
             {
                 tracing::error!(deployment = %name, error = %e, "cannot store the deployment's state");
             }
@@ -318,8 +368,14 @@ impl Gateway {
         }
     }
 
-    /// Durably records a deployment's state.
-    async fn save(&self, d: &Deployment, state: &DeploymentConfig) -> Result<(), StoreError> {
+    /// Durably records a deployment's state (and an audit record).
+    async fn save(
+        &self,
+        d: &Deployment,
+        state: &DeploymentConfig,
+        runtime: &Runtime,
+        history: Option<&promotion::HistoryRecord>,
+    ) -> Result<(), StoreError> {
         let seed = self
             .config
             .deployments
@@ -329,9 +385,11 @@ impl Gateway {
         let json = serde_json::to_string(&StoredDeployment {
             seed,
             state: state.clone(),
+            runtime: runtime.clone(),
         })
         .expect("deployment state serialises");
-        self.store.save_deployment(&d.name, json).await
+        let history = history.map(|h| serde_json::to_string(h).expect("history records serialise"));
+        self.store.save_deployment(&d.name, json, history).await
     }
 
     async fn load_one(&self, entry: Arc<ModelEntry>) -> ModelState {
@@ -505,7 +563,9 @@ impl Gateway {
                 state.champion
             ))
         })?;
-        self.apply(d, state).await
+        let record =
+            promotion::challenger_change("challenger_added", None, &c.model_ref(), &d.state());
+        self.apply_with(d, state, d.runtime(), Some(&record)).await
     }
 
     /// Removes a challenger; its in-flight mirrored requests finish.
@@ -526,20 +586,31 @@ impl Gateway {
                 "{r} is not a challenger of '{deployment}'"
             )));
         }
-        self.apply(d, state).await
+        let record = promotion::challenger_change("challenger_removed", None, r, &d.state());
+        let mut runtime = d.runtime();
+        if runtime.previous.as_ref().is_some_and(|p| &p.model == r) {
+            runtime.previous = None;
+        }
+        self.apply_with(d, state, runtime, Some(&record)).await
     }
 
     /// Stores `state`, then makes it live in one atomic swap.
-    async fn apply(
+    /// Stores `state`, `runtime` and the audit record in one transaction,
+    /// then swaps the live set in one atomic step: requests in flight finish
+    /// on the set they started with.
+    async fn apply_with(
         &self,
         d: &Deployment,
         state: DeploymentConfig,
+        runtime: Runtime,
+        history: Option<&promotion::HistoryRecord>,
     ) -> Result<DeploymentConfig, ChangeError> {
         let live = self
             .build_live(d, &state)
             .map_err(ChangeError::Unavailable)?;
-        self.save(d, &state).await?;
+        self.save(d, &state, &runtime, history).await?;
         d.set_state(state.clone());
+        d.set_runtime(runtime);
         d.live.store(Some(Arc::new(live)));
         Ok(state)
     }

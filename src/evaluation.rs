@@ -7,6 +7,7 @@ mod evaluator;
 pub mod prediction;
 
 pub use evaluator::{
-    DeploymentEvalSnapshot, Evaluator, ModelEval, ModelEvalSnapshot, ModelKey, key_label,
+    Comparison, ComparisonSnapshot, DeploymentEvalSnapshot, Evaluator, ModelEval,
+    ModelEvalSnapshot, ModelKey, PairKey, SegmentEvidence, key_label,
 };
 pub mod sequential;

@@ -1,6 +1,7 @@
 //! HTTP assembly: the app factory, binding, serving and draining.
 
 mod admin;
+mod auth;
 mod body;
 mod feedback;
 mod infer;
@@ -30,6 +31,30 @@ pub struct AppState {
 
 /// The router, without a socket (handler tests can drive it directly).
 pub fn app(state: Arc<AppState>) -> Router {
+    use axum::middleware::from_fn_with_state;
+    let inference = Router::new()
+        .route("/v2/models/{name}/infer", post(infer::infer))
+        .route("/v2/models/{name}/feedback", post(feedback::feedback))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer::infer_v),
+        )
+        .route_layer(from_fn_with_state(Arc::clone(&state), auth::inference));
+    let admin = Router::new()
+        .route("/admin/deployments", get(admin::list))
+        .route("/admin/deployments/{name}", get(admin::detail))
+        .route(
+            "/admin/deployments/{name}/challengers",
+            post(admin::add_challenger),
+        )
+        .route(
+            "/admin/deployments/{name}/challengers/{model}/{version}",
+            axum::routing::delete(admin::remove_challenger),
+        )
+        .route("/admin/deployments/{name}/promote", post(admin::promote))
+        .route("/admin/deployments/{name}/rollback", post(admin::rollback))
+        .route("/admin/deployments/{name}/history", get(admin::history))
+        .route_layer(from_fn_with_state(Arc::clone(&state), auth::admin));
     Router::new()
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))
@@ -37,8 +62,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v2/models/stats", get(v2::all_stats))
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))
-        .route("/v2/models/{name}/infer", post(infer::infer))
-        .route("/v2/models/{name}/feedback", post(feedback::feedback))
         .route("/v2/models/{name}/config", get(v2::model_config))
         .route("/v2/models/{name}/stats", get(v2::model_stats))
         .route(
@@ -50,10 +73,6 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(v2::model_ready_v),
         )
         .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer::infer_v),
-        )
-        .route(
             "/v2/models/{name}/versions/{version}/config",
             get(v2::model_config_v),
         )
@@ -63,16 +82,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/v2/repository/index", post(v2::repository_index))
         .route("/metrics", get(v2::metrics))
-        .route("/admin/deployments", get(admin::list))
-        .route("/admin/deployments/{name}", get(admin::detail))
-        .route(
-            "/admin/deployments/{name}/challengers",
-            post(admin::add_challenger),
-        )
-        .route(
-            "/admin/deployments/{name}/challengers/{model}/{version}",
-            axum::routing::delete(admin::remove_challenger),
-        )
+        .merge(inference)
+        .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -136,6 +147,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let gateway = Arc::clone(&self.state.gateway);
         let gateway_for_flush = Arc::clone(&gateway);
+        let policy = tokio::spawn(Arc::clone(&gateway).run_policy());
         let loading = tokio::spawn(async move { gateway.load().await });
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -146,7 +158,11 @@ impl Server {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let serve = axum::serve(listener, app(self.state)).with_graceful_shutdown(signal);
+        let serve = axum::serve(
+            listener,
+            app(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal);
         let serve = tokio::spawn(async move { serve.await });
         let drain_timeout = self.drain_timeout;
         let result = tokio::select! {
@@ -163,6 +179,7 @@ impl Server {
             }
         };
         loading.abort();
+        policy.abort();
         // Predictions still queued for the log are written before exit.
         if let Err(e) = gateway_for_flush.store().flush().await {
             tracing::warn!(error = %e, "could not flush the prediction log");

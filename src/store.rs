@@ -136,6 +136,7 @@ pub(crate) enum Control {
     SaveDeployment {
         name: String,
         state: String,
+        history: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Flush {
@@ -180,6 +181,8 @@ pub struct StoreSettings {
     pub retention_ms: i64,
     pub max_predictions: u64,
     pub queue_capacity: usize,
+    /// Told the deployment's name when its comparisons changed.
+    pub notify: Option<tokio::sync::mpsc::Sender<String>>,
 }
 
 impl Store {
@@ -282,15 +285,37 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Durably records a deployment's state (JSON).
-    pub async fn save_deployment(&self, name: &str, state: String) -> Result<(), StoreError> {
+    /// Durably records a deployment's state (JSON) and, in the same
+    /// transaction, an audit record (JSON) when given.
+    pub async fn save_deployment(
+        &self,
+        name: &str,
+        state: String,
+        history: Option<String>,
+    ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Control::SaveDeployment {
             name: name.to_owned(),
             state,
+            history,
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// A deployment's audit trail, oldest first (time in ms, record JSON).
+    pub fn history(&self, deployment: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = writer::open(&self.path)?;
+        let err = sqlite_err(&self.path);
+        let mut stmt = conn
+            .prepare("SELECT at_ms, record FROM history WHERE deployment = ?1 ORDER BY seq")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map(params![deployment], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        Ok(rows)
     }
 
     /// Waits until every prediction queued so far is written.

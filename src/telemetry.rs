@@ -28,6 +28,7 @@ pub const MODEL_INLINE_MAX_ROWS: &str = "contender_model_inline_max_rows";
 pub const MIRROR_DROPPED: &str = "contender_mirror_dropped_total";
 pub const MIRROR_FAILED: &str = "contender_mirror_failures_total";
 pub const FEEDBACK_LABELS: &str = "contender_feedback_labels_total";
+pub const PROMOTIONS: &str = "contender_promotions_total";
 pub const PREDICTIONS_DROPPED: &str = "contender_prediction_log_dropped_total";
 pub const PREDICTIONS_EVICTED: &str = "contender_prediction_log_evicted_total";
 pub const STORE_BATCH_ROWS: &str = "contender_store_batch_rows";
@@ -228,6 +229,10 @@ pub fn feedback(deployment: &str, results: &[crate::store::FeedbackResult]) {
         counter!(FEEDBACK_LABELS, "deployment" => deployment.to_owned(), "status" => status)
             .increment(1);
     }
+}
+
+pub fn promotion(deployment: &str, action: &'static str) {
+    counter!(PROMOTIONS, "deployment" => deployment.to_owned(), "action" => action).increment(1);
 }
 
 pub fn predictions_dropped(n: u64) {

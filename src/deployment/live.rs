@@ -1,8 +1,10 @@
 //! Live sets: the champion and challengers a deployment answers with, each
 //! with its own capped compute for mirrored requests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
 
 use serde::Serialize;
 
@@ -27,9 +29,11 @@ pub struct MemberStats {
     pub timeouts: AtomicU64,
     /// Mirrored requests answered in time.
     pub completed: AtomicU64,
+    /// Engine time per request (µs), for the latency guardrail.
+    latency: Mutex<Option<Histogram<u64>>>,
 }
 
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
 pub struct MemberStatsSnapshot {
     pub served: u64,
     pub mirrored: u64,
@@ -37,9 +41,33 @@ pub struct MemberStatsSnapshot {
     pub errors: u64,
     pub timeouts: u64,
     pub completed: u64,
+    pub p99_us: Option<f64>,
 }
 
+/// Fewest latency samples before a p99 is reported.
+const MIN_LATENCY_SAMPLES: u64 = 50;
+
 impl MemberStats {
+    /// Records one request's engine time.
+    pub fn record_latency(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, 60_000_000);
+        let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let h = h.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
+        });
+        let _ = h.record(us);
+    }
+
+    /// p99 engine time in µs, once there are enough samples.
+    pub fn p99_us(&self) -> Option<f64> {
+        let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        h.as_ref()
+            .filter(|h| h.len() >= MIN_LATENCY_SAMPLES)
+            .map(|h| h.value_at_quantile(0.99) as f64)
+    }
+
     pub fn snapshot(&self) -> MemberStatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MemberStatsSnapshot {
@@ -49,6 +77,7 @@ impl MemberStats {
             errors: get(&self.errors),
             timeouts: get(&self.timeouts),
             completed: get(&self.completed),
+            p99_us: self.p99_us(),
         }
     }
 }

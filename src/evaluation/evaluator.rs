@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::metrics::{MetricsSnapshot, MetricsState, Outcome, WindowedMetrics};
+use super::metrics::{MetricKind, MetricsSnapshot, MetricsState, Outcome, WindowedMetrics};
+use super::sequential::{Decision, Evidence, LossKind, SequentialTest, TestConfig};
+use crate::config::{EvaluationConfig, PromotionConfig};
 
 /// A model version within a deployment.
 pub type ModelKey = (String, u64);
@@ -34,9 +36,43 @@ impl ModelEval {
     }
 }
 
+/// The paired comparison of one challenger with one champion, overall and
+/// per segment.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Comparison {
+    pub metric: MetricKind,
+    pub overall: SequentialTest,
+    pub segments: BTreeMap<String, SequentialTest>,
+}
+
+/// (champion, challenger).
+pub type PairKey = (ModelKey, ModelKey);
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SegmentEvidence {
+    pub segment: String,
+    #[serde(flatten)]
+    pub evidence: Evidence,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ComparisonSnapshot {
+    pub champion: String,
+    pub challenger: String,
+    #[serde(skip)]
+    pub key: PairKey,
+    pub metric: MetricKind,
+    #[serde(flatten)]
+    pub overall: Evidence,
+    pub segments: Vec<SegmentEvidence>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DeploymentEval {
     window: usize,
+    evaluation: EvaluationConfig,
+    test: TestConfig,
+    pub comparisons: BTreeMap<PairKey, Comparison>,
     pub models: BTreeMap<ModelKey, ModelEval>,
     /// Rows the deployment answered (its served predictions).
     pub rows_served: u64,
@@ -65,6 +101,7 @@ pub struct DeploymentEvalSnapshot {
     pub label_coverage: Option<f64>,
     pub window_labels: usize,
     pub models: Vec<ModelEvalSnapshot>,
+    pub comparisons: Vec<ComparisonSnapshot>,
 }
 
 /// Shared evaluation state. Locked briefly by the writer thread and by
@@ -94,6 +131,96 @@ impl Evaluator {
     /// Sets a deployment's window size (before any restore).
     pub fn configure(&self, deployment: &str, window: usize) {
         self.with(deployment, |d| d.window = window.max(1));
+    }
+
+    /// Sets how a deployment's challengers are compared (new comparisons use it).
+    pub fn configure_comparison(
+        &self,
+        deployment: &str,
+        evaluation: &EvaluationConfig,
+        promotion: &PromotionConfig,
+    ) {
+        self.with(deployment, |d| {
+            d.window = evaluation.window_labels.max(1);
+            d.evaluation = evaluation.clone();
+            d.test = TestConfig {
+                alpha: promotion.alpha,
+                min_effect: promotion.min_effect,
+                min_pairs: promotion.min_pairs,
+            };
+        });
+    }
+
+    /// Adds one labelled row both models answered to their comparison.
+    /// Returns false when the outcomes give no loss for the metric.
+    pub fn add_pair(
+        &self,
+        deployment: &str,
+        key: &PairKey,
+        segment: Option<&str>,
+        champion: &Outcome,
+        challenger: &Outcome,
+    ) -> bool {
+        self.with(deployment, |d| {
+            let classification = matches!(champion, Outcome::Class { .. });
+            let metric = d.evaluation.metric_for(classification);
+            let (Some(lc), Some(lx)) = (champion.loss(metric), challenger.loss(metric)) else {
+                return false;
+            };
+            let kind = match metric {
+                MetricKind::Accuracy => LossKind::ZeroOne,
+                other => LossKind::Bounded {
+                    max: d.evaluation.cap_for(other),
+                },
+            };
+            let test = d.test;
+            let c = d
+                .comparisons
+                .entry(key.clone())
+                .or_insert_with(|| Comparison {
+                    metric,
+                    overall: SequentialTest::new(kind, test),
+                    segments: BTreeMap::new(),
+                });
+            c.overall.observe(lc, lx);
+            if let Some(seg) = segment {
+                c.segments
+                    .entry(seg.to_owned())
+                    .or_insert_with(|| SequentialTest::new(kind, test))
+                    .observe(lc, lx);
+            }
+            true
+        })
+    }
+
+    pub fn comparison_states(
+        &self,
+        deployment: &str,
+        keys: &[PairKey],
+    ) -> Vec<(PairKey, Comparison)> {
+        self.with(deployment, |d| {
+            keys.iter()
+                .filter_map(|k| d.comparisons.get(k).map(|c| (k.clone(), c.clone())))
+                .collect()
+        })
+    }
+
+    pub fn restore_comparison(&self, deployment: &str, key: PairKey, c: Comparison) {
+        self.with(deployment, |d| {
+            d.comparisons.insert(key, c);
+        });
+    }
+
+    /// The segment-level minimum of pairs for guardrails.
+    pub fn segment_min_pairs(&self, deployment: &str) -> u64 {
+        self.with(deployment, |d| d.evaluation.segment_min_pairs)
+    }
+
+    /// Evidence of every comparison of a deployment.
+    pub fn comparisons(&self, deployment: &str) -> Vec<ComparisonSnapshot> {
+        self.with(deployment, |d| {
+            d.comparisons.iter().map(|(k, c)| snapshot(k, c)).collect()
+        })
     }
 
     pub fn add_predictions(&self, deployment: &str, key: &ModelKey, rows: u64, served: bool) {
@@ -176,6 +303,7 @@ impl Evaluator {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for d in map.values_mut() {
             d.models.clear();
+            d.comparisons.clear();
             d.rows_served = 0;
             d.rows_labelled = 0;
         }
@@ -210,6 +338,7 @@ impl Evaluator {
                     }
                 })
                 .collect(),
+            comparisons: d.comparisons.iter().map(|(k, c)| snapshot(k, c)).collect(),
         })
     }
 }
@@ -220,5 +349,29 @@ fn template(o: &Outcome) -> MetricsState {
             MetricsState::classification(probabilities.as_ref().map_or(2, Vec::len).max(2))
         }
         Outcome::Value { .. } => MetricsState::regression(),
+    }
+}
+
+fn snapshot(k: &PairKey, c: &Comparison) -> ComparisonSnapshot {
+    ComparisonSnapshot {
+        champion: key_label(&k.0),
+        challenger: key_label(&k.1),
+        key: k.clone(),
+        metric: c.metric,
+        overall: c.overall.evidence(),
+        segments: c
+            .segments
+            .iter()
+            .map(|(s, t)| SegmentEvidence {
+                segment: s.clone(),
+                evidence: t.evidence(),
+            })
+            .collect(),
+    }
+}
+
+impl ComparisonSnapshot {
+    pub fn decision(&self) -> Decision {
+        self.overall.decision
     }
 }

@@ -9,6 +9,10 @@
 //!   "queue_capacity", "timeout_ms"}`); it is loaded, validated and warmed
 //!   before it takes traffic, and a failure changes nothing
 //! - `DELETE /admin/deployments/{name}/challengers/{model}/{version}`
+//! - `POST /admin/deployments/{name}/promote` — `{"model", "version"?, "by"?,
+//!   "reason"?}`: a challenger becomes the champion (atomic swap)
+//! - `POST /admin/deployments/{name}/rollback` — `{"by"?, "reason"?}`
+//! - `GET /admin/deployments/{name}/history` — the audit trail
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::config::{ChallengerConfig, ModelRef};
+use crate::deployment::promotion::Trigger;
 use crate::deployment::{ChangeError, Deployment, Gateway, Member};
 use crate::protocol::{ApiError, ErrorKind};
 
@@ -85,6 +90,13 @@ pub fn deployment_json(g: &Gateway, d: &Deployment) -> Value {
         "champion": champion,
         "challengers": challengers,
         "routing": state.routing,
+        "promotion": {
+            "policy": state.promotion,
+            "previous_champion": d.runtime().previous,
+            "blocked": d.runtime().blocked,
+            "recommendation": d.runtime().recommendation,
+            "refused": d.runtime().refused,
+        },
         "evaluation": g.evaluator().snapshot(&d.name),
         "prediction_log": {
             "rows": counters.rows.load(Ordering::Relaxed),
@@ -154,4 +166,102 @@ pub async fn remove_challenger(
         .map_err(change_error)?;
     let d = find(&s.gateway, &name)?;
     Ok(Json(deployment_json(&s.gateway, d)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    model: String,
+    version: Option<u64>,
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+pub async fn promote(
+    State(s): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let d = find(&s.gateway, &name)?;
+    let b: PromoteBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("malformed promotion: {e}")))?;
+    let state = d.state();
+    let target = match b.version {
+        Some(version) => ModelRef {
+            model: b.model,
+            version,
+        },
+        None => {
+            let matching: Vec<ModelRef> = state
+                .challengers
+                .iter()
+                .map(|c| c.model_ref())
+                .filter(|r| r.model == b.model)
+                .collect();
+            match matching.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(ApiError::not_found(format!(
+                        "'{}' is not a challenger of '{name}'",
+                        b.model
+                    )));
+                }
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "several versions of '{}' challenge '{name}'; give the version",
+                        b.model
+                    )));
+                }
+            }
+        }
+    };
+    let evidence = s
+        .gateway
+        .evaluator()
+        .comparisons(&name)
+        .into_iter()
+        .find(|c| {
+            c.key.0 == (state.champion.model.clone(), state.champion.version)
+                && c.key.1 == (target.model.clone(), target.version)
+        })
+        .and_then(|c| serde_json::to_value(c).ok());
+    let reason = b.reason.unwrap_or_else(|| "promoted by hand".into());
+    s.gateway
+        .promote(&name, &target, Trigger::Person(b.by), reason, evidence)
+        .await
+        .map_err(change_error)?;
+    Ok(Json(deployment_json(&s.gateway, d)))
+}
+
+pub async fn rollback(
+    State(s): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let d = find(&s.gateway, &name)?;
+    let b: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("malformed rollback: {e}")))?
+    };
+    let reason = b.reason.unwrap_or_else(|| "rolled back by hand".into());
+    s.gateway
+        .rollback(&name, Trigger::Person(b.by), reason, None)
+        .await
+        .map_err(change_error)?;
+    Ok(Json(deployment_json(&s.gateway, d)))
+}
+
+pub async fn history(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    find(&s.gateway, &name)?;
+    let records = s.gateway.history(&name).map_err(change_error)?;
+    Ok(Json(json!({ "deployment": name, "history": records })))
 }

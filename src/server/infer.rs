@@ -301,8 +301,9 @@ fn mirror(
                 );
                 tracing::debug!(model = %member.model.name(), error = %e, "mirrored request failed");
             }
-            Ok(Ok((outputs, _))) => {
+            Ok(Ok((outputs, timings))) => {
                 member.stats.completed.fetch_add(1, Relaxed);
+                member.stats.record_latency(timings.infer);
                 let records = prediction_records(
                     &deployment,
                     &request_id,

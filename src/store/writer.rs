@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS model_eval (
 CREATE TABLE IF NOT EXISTS deployment_counters (
     deployment TEXT PRIMARY KEY, rows_served INTEGER NOT NULL, rows_labelled INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS comparisons (
+    deployment TEXT NOT NULL, champion_model TEXT NOT NULL, champion_version INTEGER NOT NULL,
+    challenger_model TEXT NOT NULL, challenger_version INTEGER NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (deployment, champion_model, champion_version, challenger_model, challenger_version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, deployment TEXT NOT NULL, at_ms INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS history_deployment ON history (deployment, seq);
 ";
 
 /// Opens a connection with contender's settings and schema.
@@ -167,6 +174,29 @@ pub fn restore(
         let (d, served, labelled) = row.map_err(&err)?;
         evaluator.restore_counters(&d, served, labelled);
     }
+    let mut stmt = conn
+        .prepare(
+            "SELECT deployment, champion_model, champion_version, challenger_model, challenger_version, state
+             FROM comparisons",
+        )
+        .map_err(&err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get::<_, String>(1)?, r.get::<_, u64>(2)?),
+                (r.get::<_, String>(3)?, r.get::<_, u64>(4)?),
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .map_err(&err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(&err)?;
+    for (deployment, champion, challenger, state) in rows {
+        let c = serde_json::from_str(&state)
+            .map_err(|e| StoreError::Corrupt(format!("comparison state: {e}")))?;
+        evaluator.restore_comparison(&deployment, (champion, challenger), c);
+    }
     let evicted: Option<u64> = conn
         .query_row(
             "SELECT value FROM counters WHERE name = 'evicted'",
@@ -286,22 +316,47 @@ impl Writer {
                 }
                 let _ = reply.send(result);
             }
-            Control::SaveDeployment { name, state, reply } => {
-                let r = self
-                    .conn
-                    .execute(
-                        "INSERT INTO deployments (name, state, updated_ms) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
-                        params![name, state, now_ms()],
-                    )
-                    .map(|_| ())
-                    .map_err(sqlite_err(&self.path));
-                let _ = reply.send(r);
+            Control::SaveDeployment {
+                name,
+                state,
+                history,
+                reply,
+            } => {
+                let _ = reply.send(self.save_deployment(&name, &state, history.as_deref()));
             }
             Control::Flush { reply } => {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// A deployment's state, and its audit record, in one durable transaction.
+    fn save_deployment(
+        &mut self,
+        name: &str,
+        state: &str,
+        history: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let err = sqlite_err(&self.path);
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(&err)?;
+        let tx = self.conn.transaction().map_err(&err)?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO deployments (name, state, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            params![name, state, now],
+        )
+        .map_err(&err)?;
+        if let Some(record) = history {
+            tx.execute(
+                "INSERT INTO history (deployment, at_ms, record) VALUES (?1, ?2, ?3)",
+                params![name, now, record],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
     }
 
     /// After a failed transaction the in-memory state may be ahead of the
@@ -469,6 +524,39 @@ fn save_evals(
     }
 }
 
+fn save_comparisons(
+    evaluator: &Evaluator,
+    path: &Path,
+    tx: &Transaction<'_>,
+    deployment: &str,
+    pairs: &BTreeSet<crate::evaluation::PairKey>,
+) -> Result<(), StoreError> {
+    let err = sqlite_err(path);
+    let keys: Vec<_> = pairs.iter().cloned().collect();
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO comparisons (deployment, champion_model, champion_version, challenger_model, challenger_version, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (deployment, champion_model, champion_version, challenger_model, challenger_version)
+             DO UPDATE SET state = excluded.state",
+        )
+        .map_err(&err)?;
+    for ((champion, challenger), c) in evaluator.comparison_states(deployment, &keys) {
+        let state = serde_json::to_string(&c).expect("comparisons serialise");
+        upsert
+            .execute(params![
+                deployment,
+                champion.0,
+                champion.1,
+                challenger.0,
+                challenger.1,
+                state
+            ])
+            .map_err(&err)?;
+    }
+    Ok(())
+}
+
 fn save_counters(
     evaluator: &Evaluator,
     path: &Path,
@@ -504,13 +592,14 @@ impl Writer {
         let mut results = Vec::with_capacity(items.len());
         let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
         let mut labelled = 0u64;
+        let mut pairs: BTreeSet<crate::evaluation::PairKey> = BTreeSet::new();
         {
             let mut existing_label = tx
                 .prepare_cached("SELECT label FROM labels WHERE deployment = ?1 AND request_id = ?2 AND row = ?3")
                 .map_err(&err)?;
             let mut preds = tx
                 .prepare_cached(
-                    "SELECT model, version, prediction FROM predictions
+                    "SELECT model, version, prediction, role, segment FROM predictions
                      WHERE deployment = ?1 AND request_id = ?2 AND row = ?3",
                 )
                 .map_err(&err)?;
@@ -535,20 +624,27 @@ impl Writer {
                             r.get::<_, String>(0)?,
                             r.get::<_, u64>(1)?,
                             r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, Option<String>>(4)?,
                         ))
                     })
                     .map_err(&err)?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(&err)?;
-                let predictions: Vec<(String, u64, Prediction)> = predictions
+                let segment = predictions.iter().find_map(|p| p.4.clone());
+                let predictions: Vec<(String, u64, Prediction, Option<Role>)> = predictions
                     .into_iter()
-                    .filter_map(|(m, v, p)| serde_json::from_str(&p).ok().map(|p| (m, v, p)))
+                    .filter_map(|(m, v, p, role, _)| {
+                        serde_json::from_str(&p)
+                            .ok()
+                            .map(|p| (m, v, p, Role::parse(&role)))
+                    })
                     .collect();
                 let stored: Option<String> = existing_label
                     .query_row(params![deployment, item.id, item.row], |r| r.get(0))
                     .optional()
                     .map_err(&err)?;
-                let kind = predictions.first().map(|(_, _, p)| p.kind());
+                let kind = predictions.first().map(|(_, _, p, _)| p.kind());
                 if let Some(stored) = stored {
                     let stored: Option<Label> = serde_json::from_str(&stored).ok();
                     let posted = kind.and_then(|k| Label::parse(&item.label, k, class_names).ok());
@@ -594,10 +690,18 @@ impl Writer {
                 insert_label
                     .execute(params![deployment, item.id, item.row, label_json, now])
                     .map_err(&err)?;
-                for (model, version, prediction) in predictions {
+                let mut champion: Option<(ModelKey, crate::evaluation::metrics::Outcome)> = None;
+                let mut challengers = Vec::new();
+                for (model, version, prediction, role) in predictions {
                     let Some(outcome) = prediction.outcome(&label) else {
                         continue;
                     };
+                    let k: ModelKey = (model.clone(), version);
+                    match role {
+                        Some(Role::Champion) => champion = Some((k, outcome.clone())),
+                        Some(Role::Shadow | Role::Canary) => challengers.push((k, outcome.clone())),
+                        None => {}
+                    }
                     let outcome_json = serde_json::to_string(&outcome).expect("outcomes serialise");
                     insert_outcome
                         .execute(params![deployment, model, version, outcome_json])
@@ -608,6 +712,19 @@ impl Writer {
                         .insert((deployment.to_owned(), key.0.clone(), key.1));
                     touched.insert((deployment.to_owned(), key));
                 }
+                // The paired comparisons: the champion's loss against each
+                // challenger's on this row (overall and in its segment).
+                if let Some((ck, co)) = &champion {
+                    for (xk, xo) in &challengers {
+                        let pair = (ck.clone(), xk.clone());
+                        if self
+                            .evaluator
+                            .add_pair(deployment, &pair, segment.as_deref(), co, xo)
+                        {
+                            pairs.insert(pair);
+                        }
+                    }
+                }
                 labelled += 1;
                 results.push(result(FeedbackStatus::Accepted, None));
             }
@@ -615,7 +732,14 @@ impl Writer {
         self.evaluator.add_labelled(deployment, labelled);
         save_evals(&self.evaluator, &self.path, &tx, &touched)?;
         save_counters(&self.evaluator, &self.path, &tx, deployment)?;
+        save_comparisons(&self.evaluator, &self.path, &tx, deployment, &pairs)?;
         tx.commit().map_err(&err)?;
+        if !pairs.is_empty()
+            && let Some(notify) = &self.settings.notify
+        {
+            // The policy re-evaluates; if its queue is full it has work pending anyway.
+            let _ = notify.try_send(deployment.to_owned());
+        }
         Ok(results)
     }
 

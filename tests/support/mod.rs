@@ -375,3 +375,236 @@ pub fn close(a: f64, b: f64, tol: f64) -> bool {
 pub fn assert_file(path: &Path) {
     assert!(path.is_file(), "{} is missing", path.display());
 }
+
+// ---------------------------------------------------------------------------
+// Challengers, feedback and evaluation (tests/challengers.rs, feedback.rs,
+// durability.rs).
+
+/// Bound on every poll of the admin API for mirrored or logged work.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The breast-cancer held-out true classes (0 malignant, 1 benign).
+pub fn breast_cancer_labels() -> Vec<i64> {
+    read_models_json("_data/breast_cancer_holdout.json")["labels"]
+        .as_array()
+        .expect("'labels' is an array")
+        .iter()
+        .map(|l| l.as_i64().expect("integer class"))
+        .collect()
+}
+
+/// The diabetes held-out true values.
+pub fn diabetes_labels() -> Vec<f64> {
+    read_models_json("_data/diabetes_holdout.json")["labels"]
+        .as_array()
+        .expect("'labels' is an array")
+        .iter()
+        .map(|l| l.as_f64().expect("numeric label"))
+        .collect()
+}
+
+/// `expected.json` classes of a breast_cancer version, per held-out row.
+pub fn expected_classes(version: u32) -> Vec<i64> {
+    expected("breast_cancer", version)["label"]
+        .as_array()
+        .expect("label array")
+        .iter()
+        .map(|l| l.as_i64().expect("integer label"))
+        .collect()
+}
+
+/// `expected.json` probabilities of a breast_cancer version, per held-out row.
+pub fn expected_class_probabilities(version: u32) -> Vec<Vec<f64>> {
+    expected("breast_cancer", version)["probabilities"]
+        .as_array()
+        .expect("probabilities array")
+        .iter()
+        .map(|p| {
+            p.as_array()
+                .expect("a probability row")
+                .iter()
+                .map(|x| x.as_f64().expect("probability"))
+                .collect()
+        })
+        .collect()
+}
+
+/// `expected.json` predictions of diabetes@1, per held-out row.
+pub fn expected_diabetes() -> Vec<f64> {
+    expected("diabetes", 1)["prediction"]
+        .as_array()
+        .expect("prediction array")
+        .iter()
+        .map(|p| {
+            p.as_f64()
+                .or_else(|| p.get(0).and_then(Value::as_f64))
+                .expect("numeric prediction")
+        })
+        .collect()
+}
+
+/// A model repository in a temporary directory: a symlink to every entry of
+/// `models/`, plus `extra` (name, directory) entries (e.g. a test fixture).
+pub fn repository_with(extra: &[(&str, &Path)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary repository");
+    for entry in std::fs::read_dir(models_dir()).expect("models/ is readable") {
+        let entry = entry.expect("a models/ entry");
+        symlink(&entry.path(), &dir.path().join(entry.file_name()));
+    }
+    for (name, path) in extra {
+        symlink(path, &dir.path().join(name));
+    }
+    dir
+}
+
+#[cfg(unix)]
+fn symlink(target: &Path, link: &Path) {
+    std::os::unix::fs::symlink(target, link).unwrap_or_else(|e| {
+        panic!(
+            "cannot link {} -> {}: {e}",
+            link.display(),
+            target.display()
+        )
+    });
+}
+
+/// `tests/fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().join("tests").join("fixtures")
+}
+
+/// The entry of `model@version` in an admin deployment's evaluation, if any.
+pub fn eval_of<'a>(deployment: &'a Value, model: &str, version: u64) -> Option<&'a Value> {
+    deployment["evaluation"]["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["model"] == model && m["version"] == version)
+}
+
+/// Rows `model@version` has in the prediction log (0 when none yet).
+pub fn logged(deployment: &Value, model: &str, version: u64) -> u64 {
+    eval_of(deployment, model, version)
+        .and_then(|m| m["predictions"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The admin entry of challenger `model@version` in a deployment, if any.
+pub fn challenger_of<'a>(deployment: &'a Value, model: &str, version: u64) -> Option<&'a Value> {
+    deployment["challengers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["model"] == model && c["version"] == version)
+}
+
+/// A counter of a challenger's `stats` (panics when the challenger is absent).
+pub fn challenger_stat(deployment: &Value, model: &str, version: u64, stat: &str) -> u64 {
+    challenger_of(deployment, model, version)
+        .unwrap_or_else(|| panic!("no challenger {model}@{version} in {deployment}"))["stats"][stat]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stats.{stat} for {model}@{version} in {deployment}"))
+}
+
+/// One answered row of an inference: the request id and who answered.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub id: String,
+    pub model_version: String,
+    pub response: Value,
+}
+
+impl TestServer {
+    /// A handle on a server running elsewhere (e.g. a `contender serve`
+    /// child process) at `addr`, once `/v2/health/ready` answers 200 (bounded).
+    /// [`TestServer::stop`] does nothing to it.
+    pub async fn attach(addr: SocketAddr) -> TestServer {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a reqwest client builds");
+        let ts = TestServer {
+            addr,
+            base: format!("http://{addr}"),
+            client,
+            shutdown: None,
+            handle: None,
+            data_dir: None,
+        };
+        ts.wait_ready().await;
+        ts
+    }
+
+    /// `GET /admin/deployments/{name}`, asserting 200.
+    pub async fn deployment(&self, name: &str) -> Value {
+        let (status, body) = self.get_json(&format!("/admin/deployments/{name}")).await;
+        assert_eq!(status, 200, "GET /admin/deployments/{name}: {body}");
+        body
+    }
+
+    /// Polls `GET /admin/deployments/{name}` until `done` holds; fails after
+    /// [`SETTLE_TIMEOUT`], showing the last answer and `what`.
+    pub async fn wait_deployment(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let d = self.deployment(name).await;
+            if done(&d) {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {SETTLE_TIMEOUT:?}; last state:\n{d:#}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Infers `body` on `name` (optionally with a routing key), asserting 200.
+    pub async fn infer_ok(&self, name: &str, body: &Value, routing_key: Option<&str>) -> Answer {
+        let mut req = self
+            .client
+            .post(self.url(&format!("/v2/models/{name}/infer")))
+            .json(body);
+        if let Some(k) = routing_key {
+            req = req.header("x-routing-key", k);
+        }
+        let r = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /v2/models/{name}/infer: {e}"));
+        let (status, response) = json_of(r).await;
+        assert_eq!(status, 200, "infer on {name}: {response}");
+        Answer {
+            id: response["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no id in {response}"))
+                .to_owned(),
+            model_version: response["model_version"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no model_version in {response}"))
+                .to_owned(),
+            response,
+        }
+    }
+
+    /// Sends each row as its own request, in order; one answer per row.
+    pub async fn infer_rows(&self, name: &str, rows: &[Vec<f64>]) -> Vec<Answer> {
+        let mut answers = Vec::with_capacity(rows.len());
+        for row in rows {
+            answers.push(
+                self.infer_ok(name, &classifier_request(std::slice::from_ref(row)), None)
+                    .await,
+            );
+        }
+        answers
+    }
+
+    /// `POST /v2/models/{deployment}/feedback` with `body`.
+    pub async fn feedback(&self, deployment: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        self.post_json(&format!("/v2/models/{deployment}/feedback"), body)
+            .await
+    }
+}

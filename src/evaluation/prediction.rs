@@ -36,13 +36,17 @@ impl Label {
     pub fn parse(v: &Value, kind: PredictionKind, labels: &[String]) -> Result<Label, String> {
         match kind {
             PredictionKind::Class => match v {
-                Value::Number(n) => n
-                    .as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .map(Label::Class)
-                    .ok_or_else(|| {
-                        format!("label {n} is not a class index (a non-negative integer)")
-                    }),
+                Value::Number(n) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                    // With declared classes, an index must name one of them.
+                    Some(i) if !labels.is_empty() && i >= labels.len() => Err(format!(
+                        "label {n} is not a class index: the classes are 0 to {} ({labels:?})",
+                        labels.len() - 1
+                    )),
+                    Some(i) => Ok(Label::Class(i)),
+                    None => Err(format!(
+                        "label {n} is not a class index (a non-negative integer)"
+                    )),
+                },
                 Value::String(s) => labels
                     .iter()
                     .position(|l| l == s)
@@ -353,6 +357,12 @@ mod tests {
         assert!(Label::parse(&serde_json::json!("cat"), PredictionKind::Class, &names).is_err());
         assert!(Label::parse(&serde_json::json!(-1), PredictionKind::Class, &names).is_err());
         assert!(Label::parse(&serde_json::json!(1.5), PredictionKind::Class, &names).is_err());
+        // Beyond the declared classes; any index when none are declared.
+        assert!(Label::parse(&serde_json::json!(2), PredictionKind::Class, &names).is_err());
+        assert_eq!(
+            Label::parse(&serde_json::json!(5), PredictionKind::Class, &[]),
+            Ok(Label::Class(5))
+        );
         assert_eq!(
             Label::parse(&serde_json::json!(151.0), PredictionKind::Value, &names),
             Ok(Label::Value(151.0))

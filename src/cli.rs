@@ -76,6 +76,12 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Drift of a deployment's inputs, predictions and accuracy; alerts.
+    Drift {
+        deployment: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Show deployments: champion, challengers, traffic, metrics per model.
     Status {
         /// One deployment (default: all).
@@ -129,6 +135,9 @@ pub fn run(cli: Cli) -> ExitCode {
             reason,
             remote,
         } => crate::cli_remote::rollback(&config, &deployment, reason, &remote),
+        Command::Drift { deployment, remote } => {
+            crate::cli_remote::drift(&config, &deployment, &remote)
+        }
         Command::History { deployment, remote } => {
             crate::cli_remote::history(&config, &deployment, &remote)
         }

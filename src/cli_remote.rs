@@ -356,3 +356,93 @@ pub fn history(config: &Config, deployment: &str, remote: &Remote) -> ExitCode {
         String::from_utf8_lossy(&buf).trim_end().to_owned()
     })
 }
+
+pub fn drift(config: &Config, deployment: &str, remote: &Remote) -> ExitCode {
+    let url = format!(
+        "{}/admin/deployments/{deployment}/drift",
+        base_url(config, remote)
+    );
+    print_or_fail(call(reqwest::Method::GET, &url, None), remote, |v| {
+        let mut buf = Vec::new();
+        let _ = writeln!(
+            buf,
+            "deployment {deployment}: {}  (champion {}, window {} rows{})",
+            v["state"].as_str().unwrap_or("?").to_uppercase(),
+            v["champion"].as_str().unwrap_or("-"),
+            v["window_rows"],
+            if v["enabled"] == Value::Bool(false) {
+                ", monitoring off"
+            } else {
+                ""
+            }
+        );
+        let rows: Vec<Vec<String>> = v["features"]
+            .as_array()
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| {
+                        vec![
+                            f["name"].as_str().unwrap_or("?").to_owned(),
+                            f["state"].as_str().unwrap_or("-").to_owned(),
+                            fmt_opt(&f["psi"], 3),
+                            fmt_opt(&f["ks_p_value"], 4),
+                            fmt_opt(&f["wasserstein_normalised"], 3),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &mut buf,
+            &["FEATURE", "STATE", "PSI", "KS P", "WASSERSTEIN/STD"],
+            &rows,
+        );
+        for p in v["predictions"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                buf,
+                "predictions {}: {} (psi {}, chi2 p {})",
+                p["model"].as_str().unwrap_or("?"),
+                p["state"].as_str().unwrap_or("-"),
+                fmt_opt(&p["psi"], 3),
+                fmt_opt(&p["chi2_p_value"], 4)
+            );
+        }
+        if let Some(a) = v["accuracy"].as_object() {
+            let _ = writeln!(
+                buf,
+                "accuracy: {} in window vs {} at training ({})",
+                fmt_opt(&a["window"], 4),
+                fmt_opt(&a["training"], 4),
+                a.get("state").and_then(Value::as_str).unwrap_or("-")
+            );
+        }
+        let b = &v["before_labels"];
+        if b["estimated_accuracy"].is_number() {
+            let _ = writeln!(
+                buf,
+                "estimated accuracy before labels: {}",
+                fmt_opt(&b["estimated_accuracy"], 4)
+            );
+        }
+        for e in v["events"].as_array().into_iter().flatten().rev().take(5) {
+            let _ = writeln!(
+                buf,
+                "event {} at {}: {}",
+                e["event"].as_str().unwrap_or("?"),
+                e["at_ms"],
+                e["reason"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                    e["drifted"]
+                        .as_array()
+                        .map(|d| {
+                            d.iter()
+                                .filter_map(|x| x["key"].as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                })
+            );
+        }
+        String::from_utf8_lossy(&buf).trim_end().to_owned()
+    })
+}

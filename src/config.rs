@@ -261,6 +261,122 @@ pub struct DeploymentConfig {
     pub evaluation: EvaluationConfig,
     #[serde(default)]
     pub promotion: PromotionConfig,
+    #[serde(default)]
+    pub drift: DriftConfig,
+}
+
+/// Drift monitoring of a deployment (see the `drift` module).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    pub enabled: bool,
+    /// Rows in each live window (per feature and per model's predictions).
+    pub window: usize,
+    /// Rows a window needs before it is scored.
+    pub min_rows: usize,
+    /// Share of requests sampled into the windows.
+    pub sample_rate: f64,
+    /// New rows between two scorings.
+    pub evaluate_every: usize,
+    /// Thresholds for every feature and the predictions.
+    pub thresholds: crate::drift::stats::Thresholds,
+    /// Per-feature thresholds (by feature name), overriding `thresholds`.
+    pub features: BTreeMap<String, crate::drift::stats::Thresholds>,
+    /// Consecutive scorings at a higher level before the state rises.
+    pub raise_after: u32,
+    /// Consecutive scorings at a lower level before the state falls.
+    pub clear_after: u32,
+    /// The same alert is not sent again within this many seconds.
+    pub cooldown_secs: u64,
+    /// Accuracy decay alert: the champion's windowed accuracy (or, for a
+    /// regressor, MAE relative to training) worse than its training metric
+    /// by at least this much.
+    pub accuracy_drop: f64,
+    /// Labelled rows the window needs before accuracy decay is judged.
+    pub min_labels: u64,
+    /// An alert that lasts this long triggers `retrain_recommended`.
+    pub retrain_after_secs: u64,
+    /// URLs that receive alerts and retraining events as JSON (POST).
+    pub webhooks: Vec<String>,
+    /// Attempts per webhook delivery (with exponential back-off from 1 s).
+    pub webhook_attempts: u32,
+    /// Optional command run on `retrain_recommended`, the event as JSON on stdin.
+    pub retrain_command: Vec<String>,
+}
+
+impl Default for DriftConfig {
+    fn default() -> DriftConfig {
+        DriftConfig {
+            enabled: true,
+            window: 500,
+            min_rows: 100,
+            sample_rate: 1.0,
+            evaluate_every: 50,
+            thresholds: crate::drift::stats::Thresholds::default(),
+            features: BTreeMap::new(),
+            raise_after: 2,
+            clear_after: 3,
+            cooldown_secs: 3600,
+            accuracy_drop: 0.05,
+            min_labels: 100,
+            retrain_after_secs: 3600,
+            webhooks: Vec::new(),
+            webhook_attempts: 3,
+            retrain_command: Vec::new(),
+        }
+    }
+}
+
+impl DriftConfig {
+    pub fn thresholds_for(&self, feature: &str) -> crate::drift::stats::Thresholds {
+        self.features
+            .get(feature)
+            .copied()
+            .unwrap_or(self.thresholds)
+    }
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.window == 0 || self.evaluate_every == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.drift"),
+                "window and evaluate_every must be at least 1",
+            ));
+        }
+        if self.min_rows > self.window {
+            return Err(ConfigError::new(
+                format!("{key}.drift.min_rows"),
+                "cannot exceed drift.window",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Err(ConfigError::new(
+                format!("{key}.drift.sample_rate"),
+                "must be between 0 and 1",
+            ));
+        }
+        if self.raise_after == 0 || self.clear_after == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.drift"),
+                "raise_after and clear_after must be at least 1",
+            ));
+        }
+        self.thresholds
+            .validate()
+            .map_err(|e| ConfigError::new(format!("{key}.drift.thresholds"), e))?;
+        for (name, t) in &self.features {
+            t.validate()
+                .map_err(|e| ConfigError::new(format!("{key}.drift.features.{name}"), e))?;
+        }
+        for (i, url) in self.webhooks.iter().enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    format!("{key}.drift.webhooks[{i}]"),
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How a challenger sees traffic.
@@ -556,6 +672,7 @@ impl DeploymentConfig {
                 "must be a positive number",
             ));
         }
+        self.drift.validate(key)?;
         let p = &self.promotion;
         if !(p.alpha > 0.0 && p.alpha < 0.5) {
             return Err(ConfigError::new(
@@ -624,9 +741,15 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(
-            Env::prefixed("CONTENDER_")
-                .split("__")
-                .ignore(&["config", "cache_dir"]),
+            // The command line's own variables (CONTENDER_CONFIG,
+            // CONTENDER_CACHE_DIR, and CONTENDER_URL / CONTENDER_ADMIN_TOKEN
+            // of the remote commands) are not configuration keys.
+            Env::prefixed("CONTENDER_").split("__").ignore(&[
+                "config",
+                "cache_dir",
+                "url",
+                "admin_token",
+            ]),
         );
         let mut config: Config = figment.extract().map_err(|e| {
             let key = if e.path.is_empty() {

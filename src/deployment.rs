@@ -22,9 +22,10 @@ pub use loader::{LoadError, LoadedModel, dummy_batch, load_model};
 pub use stats::{ModelStats, ModelStatsSnapshot};
 
 use crate::config::{
-    ChallengerConfig, ChallengerMode, Config, ConfigError, DeploymentConfig, ModelRef,
+    ChallengerConfig, ChallengerMode, Config, ConfigError, DeploymentConfig, DriftConfig, ModelRef,
     ModelSettings, Preload,
 };
+use crate::drift::monitor::{DriftMonitor, DriftState, Notice};
 use crate::evaluation::Evaluator;
 use crate::repository::{ModelEntry, Repository, RepositoryError};
 use crate::store::{Store, StoreError, StoreSettings};
@@ -179,6 +180,9 @@ pub struct Gateway {
     unsaved: Mutex<Vec<String>>,
     /// Names of deployments whose comparisons changed (taken by the policy task).
     policy: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    drift: DriftMonitor,
+    /// Drift notices to deliver (taken by the notifier task).
+    notices: Mutex<Option<tokio::sync::mpsc::Receiver<Notice>>>,
 }
 
 fn missing_model(repository: &Repository, r: &ModelRef) -> Option<String> {
@@ -281,6 +285,39 @@ impl Gateway {
             deployments.insert(name.clone(), Deployment::new(name, state, runtime));
         }
         store.restore()?;
+        let drift_configs: BTreeMap<String, DriftConfig> = deployments
+            .iter()
+            .map(|(n, d)| (n.clone(), d.state().drift))
+            .collect();
+        let mut drift_states = HashMap::new();
+        for (name, state) in store.drift_states()? {
+            match serde_json::from_str::<DriftState>(&state) {
+                Ok(s) => {
+                    drift_states.insert(name, s);
+                }
+                Err(e) => {
+                    tracing::warn!(deployment = %name, error = %e, "stored drift state is unreadable; starting afresh")
+                }
+            }
+        }
+        let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(256);
+        let persist_store = store.clone();
+        let drift = DriftMonitor::start(
+            drift_configs
+                .into_iter()
+                .filter(|(_, c)| c.enabled)
+                .collect(),
+            drift_states,
+            Arc::clone(&evaluator),
+            Box::new(move |name, state, event| {
+                let state = serde_json::to_string(state).expect("drift state serialises");
+                let event = event.map(|e| e.to_string());
+                if let Err(e) = persist_store.save_drift_blocking(name, state, event) {
+                    tracing::error!(deployment = name, error = %e, "cannot store the drift state");
+                }
+            }),
+            notice_tx,
+        );
         let mut table = ModelTable::new();
         for entry in repository.entries() {
             let used = deployments.values().any(|d| {
@@ -307,11 +344,36 @@ impl Gateway {
             store,
             unsaved: Mutex::new(unsaved),
             policy: Mutex::new(Some(policy_rx)),
+            drift,
+            notices: Mutex::new(Some(notice_rx)),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn drift(&self) -> &DriftMonitor {
+        &self.drift
+    }
+
+    /// Delivers drift notices (webhooks, retraining command) until the
+    /// gateway is dropped.
+    pub async fn run_notifier(self: Arc<Self>) {
+        let Some(rx) = self
+            .notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let configs = self
+            .deployments
+            .iter()
+            .map(|(n, d)| (n.clone(), d.state().drift))
+            .collect();
+        crate::drift::notify::run(rx, configs).await;
     }
 
     pub fn evaluator(&self) -> &Arc<Evaluator> {
@@ -503,6 +565,7 @@ impl Gateway {
             challengers,
             routes,
             routing: state.routing.clone(),
+            drift_rate: state.drift.enabled.then_some(state.drift.sample_rate),
         })
     }
 

@@ -54,6 +54,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/deployments/{name}/promote", post(admin::promote))
         .route("/admin/deployments/{name}/rollback", post(admin::rollback))
         .route("/admin/deployments/{name}/history", get(admin::history))
+        .route("/admin/deployments/{name}/drift", get(admin::drift))
         .route_layer(from_fn_with_state(Arc::clone(&state), auth::admin));
     Router::new()
         .route("/v2", get(v2::server_metadata))
@@ -148,6 +149,7 @@ impl Server {
         let gateway = Arc::clone(&self.state.gateway);
         let gateway_for_flush = Arc::clone(&gateway);
         let policy = tokio::spawn(Arc::clone(&gateway).run_policy());
+        let notifier = tokio::spawn(Arc::clone(&gateway).run_notifier());
         let loading = tokio::spawn(async move { gateway.load().await });
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -180,6 +182,7 @@ impl Server {
         };
         loading.abort();
         policy.abort();
+        notifier.abort();
         // Predictions still queued for the log are written before exit.
         if let Err(e) = gateway_for_flush.store().flush().await {
             tracing::warn!(error = %e, "could not flush the prediction log");

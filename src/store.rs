@@ -142,6 +142,12 @@ pub(crate) enum Control {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    SaveDrift {
+        deployment: String,
+        state: String,
+        event: Option<String>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Counters shared with the writer thread.
@@ -155,7 +161,8 @@ pub struct StoreCounters {
     pub rows: AtomicU64,
 }
 
-/// Handle to the store; cheap to share.
+/// Handle to the store; cheap to clone and share.
+#[derive(Clone)]
 pub struct Store {
     path: PathBuf,
     predictions: Sender<Vec<PredictionRecord>>,
@@ -301,6 +308,39 @@ impl Store {
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Durably records a deployment's drift state and an event, from a
+    /// plain thread (blocks until written).
+    pub fn save_drift_blocking(
+        &self,
+        deployment: &str,
+        state: String,
+        event: Option<String>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Control::SaveDrift {
+            deployment: deployment.to_owned(),
+            state,
+            event,
+            reply,
+        })?;
+        rx.blocking_recv().map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Every stored drift state (deployment, JSON).
+    pub fn drift_states(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = writer::open(&self.path)?;
+        let err = sqlite_err(&self.path);
+        let mut stmt = conn
+            .prepare("SELECT deployment, state FROM drift")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        Ok(rows)
     }
 
     /// A deployment's audit trail, oldest first (time in ms, record JSON).

@@ -29,6 +29,9 @@ pub const MIRROR_DROPPED: &str = "contender_mirror_dropped_total";
 pub const MIRROR_FAILED: &str = "contender_mirror_failures_total";
 pub const FEEDBACK_LABELS: &str = "contender_feedback_labels_total";
 pub const PROMOTIONS: &str = "contender_promotions_total";
+pub const DRIFT_STATE: &str = "contender_drift_state";
+pub const DRIFT_PSI: &str = "contender_drift_psi";
+pub const WEBHOOKS: &str = "contender_drift_webhooks_total";
 pub const PREDICTIONS_DROPPED: &str = "contender_prediction_log_dropped_total";
 pub const PREDICTIONS_EVICTED: &str = "contender_prediction_log_evicted_total";
 pub const STORE_BATCH_ROWS: &str = "contender_store_batch_rows";
@@ -233,6 +236,30 @@ pub fn feedback(deployment: &str, results: &[crate::store::FeedbackResult]) {
 
 pub fn promotion(deployment: &str, action: &'static str) {
     counter!(PROMOTIONS, "deployment" => deployment.to_owned(), "action" => action).increment(1);
+}
+
+pub fn drift_levels(
+    deployment: &str,
+    levels: &[(String, crate::drift::monitor::Level, serde_json::Value)],
+    tracked: &std::collections::BTreeMap<String, crate::drift::monitor::Tracked>,
+) {
+    use crate::drift::monitor::Level;
+    for (key, _, scores) in levels {
+        let state = tracked.get(key).map_or(Level::Ok, |t| t.state);
+        let value = match state {
+            Level::Ok => 0.0,
+            Level::Warning => 1.0,
+            Level::Alert => 2.0,
+        };
+        gauge!(DRIFT_STATE, "deployment" => deployment.to_owned(), "key" => key.clone()).set(value);
+        if let Some(psi) = scores["psi"].as_f64() {
+            gauge!(DRIFT_PSI, "deployment" => deployment.to_owned(), "key" => key.clone()).set(psi);
+        }
+    }
+}
+
+pub fn webhook(outcome: &'static str) {
+    counter!(WEBHOOKS, "outcome" => outcome).increment(1);
 }
 
 pub fn predictions_dropped(n: u64) {

@@ -143,6 +143,8 @@ pub struct LiveSet {
     /// `(mode, fraction)` of each challenger, for routing.
     pub routes: Vec<(ChallengerMode, f64)>,
     pub routing: RoutingConfig,
+    /// Drift sampling rate, `None` when drift monitoring is off.
+    pub drift_rate: Option<f64>,
 }
 
 /// Whether a challenger can take the champion's requests: the same inputs

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::stats::ModelStats;
+use std::collections::BTreeMap;
+
 use crate::config::{Execution, ModelDefaults, ModelRef};
+use crate::drift::reference::{ReferenceError, ReferenceStats};
 use crate::evaluation::prediction::PredictionReader;
 use crate::protocol::{DataType, Tensor, TensorData, TensorSpec};
 use crate::repository::{ModelEntry, Task};
@@ -19,6 +22,10 @@ pub struct LoadedModel {
     pub name_arc: Arc<str>,
     /// How its outputs read as predictions (from the task and signature).
     pub reader: PredictionReader,
+    /// Reference statistics for drift (`reference.json`), when shipped.
+    pub reference: Option<Arc<ReferenceStats>>,
+    /// Training metrics from `model.toml`.
+    pub training_metrics: Arc<BTreeMap<String, f64>>,
     /// The version as the protocol spells it (`"1"`).
     pub version_label: String,
     pub runner: Runner,
@@ -58,6 +65,8 @@ pub enum LoadError {
     Metadata(String),
     #[error("warm-up inference failed: {0}")]
     WarmUp(runtime::RuntimeError),
+    #[error("reference statistics: {0}")]
+    Reference(#[from] ReferenceError),
 }
 
 /// Loads, checks and warms `entry`. Blocking: call from a blocking thread.
@@ -79,6 +88,19 @@ pub fn load_model(
         &engine,
     )?);
     check_metadata(&entry, model.as_ref())?;
+    let reference_path = ReferenceStats::path_in(&entry.dir);
+    let reference = if reference_path.is_file() {
+        let r = ReferenceStats::load(&reference_path)?;
+        let columns = model
+            .inputs()
+            .first()
+            .and_then(|i| i.shape.get(1))
+            .and_then(|&c| usize::try_from(c).ok());
+        r.validate(columns)?;
+        Some(Arc::new(r))
+    } else {
+        None
+    };
     let (single_row_us, per_row_us) = warm_up(model.as_ref(), &settings)?;
     let plan = match settings.execution {
         Execution::Auto => ExecutionPlan::from_measurements(
@@ -112,6 +134,8 @@ pub fn load_model(
     Ok(LoadedModel {
         name_arc: Arc::from(entry.name.as_str()),
         reader,
+        reference,
+        training_metrics: Arc::new(entry.metadata.metrics.clone()),
         version_label: entry.version.to_string(),
         entry,
         runner,

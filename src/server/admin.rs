@@ -13,6 +13,8 @@
 //!   "reason"?}`: a challenger becomes the champion (atomic swap)
 //! - `POST /admin/deployments/{name}/rollback` — `{"by"?, "reason"?}`
 //! - `GET /admin/deployments/{name}/history` — the audit trail
+//! - `GET /admin/deployments/{name}/drift` — drift scores per feature and
+//!   prediction, accuracy decay, states, alerts and retraining events
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -264,4 +266,11 @@ pub async fn history(State(s): Shared, Path(name): Path<String>) -> Result<Json<
     find(&s.gateway, &name)?;
     let records = s.gateway.history(&name).map_err(change_error)?;
     Ok(Json(json!({ "deployment": name, "history": records })))
+}
+
+pub async fn drift(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let d = find(&s.gateway, &name)?;
+    let mut report = serde_json::to_value(s.gateway.drift().report(&name)).unwrap_or(Value::Null);
+    report["enabled"] = json!(d.state().drift.enabled);
+    Ok(Json(report))
 }

@@ -15,9 +15,11 @@ use serde_json::{Map, Value};
 use super::v2::{REQUEST_ID_HEADER, resolve};
 use super::{AppState, body};
 use crate::deployment::{Deployment, LiveSet, LoadedModel, Member};
+use crate::drift::monitor::{DriftMonitor, Sample};
+use crate::evaluation::prediction::Prediction;
 use crate::protocol::rest::{self, HEADER_CONTENT_LENGTH, InferResponse, RequestedOutput};
 use crate::protocol::validate::{bind_inputs, check_outputs};
-use crate::protocol::{ApiError, Tensor};
+use crate::protocol::{ApiError, Tensor, TensorData};
 use crate::runtime::{RunnerError, RuntimeError, Timings};
 use crate::store::{PredictionRecord, Role};
 use crate::traffic;
@@ -198,6 +200,9 @@ async fn infer_deployment(
         .iter()
         .map(|&i| &live.challengers[i])
         .chain(route.champion_mirrored.then_some(champion));
+    let sampled = live
+        .drift_rate
+        .is_some_and(|r| DriftMonitor::sampled(r, &id));
     for member in mirrors {
         mirror(
             s,
@@ -207,8 +212,10 @@ async fn infer_deployment(
             p.rows,
             &request_id,
             &segment,
+            sampled,
         );
     }
+    let drift_rows = if sampled { input_rows(&p.inputs) } else { None };
     let (outputs, mut timings) = match answering.model.runner.run(p.inputs, p.rows).await {
         Ok(r) => r,
         Err(e) => {
@@ -221,6 +228,7 @@ async fn infer_deployment(
         .stats
         .served
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let predictions = answering.model.reader.read(&outputs, p.rows);
     let records = prediction_records(
         &d.name_arc,
         &request_id,
@@ -228,11 +236,18 @@ async fn infer_deployment(
         answering.role,
         true,
         &segment,
-        &outputs,
-        p.rows,
+        &predictions,
         started.elapsed(),
     );
     s.gateway.store().log_predictions(records);
+    if sampled {
+        s.gateway.drift().push(drift_sample(
+            &d.name_arc,
+            answering,
+            drift_rows,
+            predictions,
+        ));
+    }
     respond(
         &answering.model,
         id,
@@ -255,6 +270,7 @@ fn mirror(
     rows: usize,
     request_id: &Arc<str>,
     segment: &Option<Arc<str>>,
+    sampled: bool,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let Some(runner) = &member.mirror else {
@@ -304,6 +320,7 @@ fn mirror(
             Ok(Ok((outputs, timings))) => {
                 member.stats.completed.fetch_add(1, Relaxed);
                 member.stats.record_latency(timings.infer);
+                let predictions = member.model.reader.read(&outputs, rows);
                 let records = prediction_records(
                     &deployment,
                     &request_id,
@@ -311,14 +328,56 @@ fn mirror(
                     member.role,
                     false,
                     &segment,
-                    &outputs,
-                    rows,
+                    &predictions,
                     started.elapsed(),
                 );
                 gateway.store().log_predictions(records);
+                if sampled {
+                    gateway
+                        .drift()
+                        .push(drift_sample(&deployment, &member, None, predictions));
+                }
             }
         }
     });
+}
+
+/// A drift sample: this member's predictions, and the request's input rows
+/// when given.
+fn drift_sample(
+    deployment: &Arc<str>,
+    member: &Member,
+    rows: Option<(usize, Vec<f64>)>,
+    predictions: Vec<Prediction>,
+) -> Sample {
+    Sample {
+        deployment: Arc::clone(deployment),
+        model: format!("{}@{}", member.model.name(), member.model.version()),
+        champion: member.role == Role::Champion,
+        reference: member.model.reference.clone(),
+        rows,
+        predictions,
+        training: (member.role == Role::Champion)
+            .then(|| Arc::clone(&member.model.training_metrics)),
+    }
+}
+
+/// The first input as rows of numbers (columns, row-major values).
+fn input_rows(inputs: &[Tensor]) -> Option<(usize, Vec<f64>)> {
+    let t = inputs.first()?;
+    let cols = match t.shape.as_slice() {
+        [_, c] => usize::try_from(*c).ok()?,
+        [_] => 1,
+        _ => return None,
+    };
+    let values: Vec<f64> = match &t.data {
+        TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        TensorData::Fp64(v) => v.clone(),
+        TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        _ => return None,
+    };
+    Some((cols, values))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,11 +388,9 @@ fn prediction_records(
     role: Role,
     served: bool,
     segment: &Option<Arc<str>>,
-    outputs: &[Tensor],
-    rows: usize,
+    predictions: &[Prediction],
     latency: Duration,
 ) -> Vec<PredictionRecord> {
-    let predictions = model.reader.read(outputs, rows);
     if predictions.is_empty() {
         return Vec::new();
     }
@@ -343,7 +400,8 @@ fn prediction_records(
         .unwrap_or(0);
     let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
     predictions
-        .into_iter()
+        .iter()
+        .cloned()
         .enumerate()
         .map(|(row, prediction)| PredictionRecord {
             deployment: Arc::clone(deployment),

@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS comparisons (
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, deployment TEXT NOT NULL, at_ms INTEGER NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS history_deployment ON history (deployment, seq);
+CREATE TABLE IF NOT EXISTS drift (deployment TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS drift_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, deployment TEXT NOT NULL, at_ms INTEGER NOT NULL, event TEXT NOT NULL);
 ";
 
 /// Opens a connection with contender's settings and schema.
@@ -327,7 +330,43 @@ impl Writer {
             Control::Flush { reply } => {
                 let _ = reply.send(());
             }
+            Control::SaveDrift {
+                deployment,
+                state,
+                event,
+                reply,
+            } => {
+                let _ = reply.send(self.save_drift(&deployment, &state, event.as_deref()));
+            }
         }
+    }
+
+    fn save_drift(
+        &mut self,
+        deployment: &str,
+        state: &str,
+        event: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let err = sqlite_err(&self.path);
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(&err)?;
+        let tx = self.conn.transaction().map_err(&err)?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO drift (deployment, state, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (deployment) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            params![deployment, state, now],
+        )
+        .map_err(&err)?;
+        if let Some(e) = event {
+            tx.execute(
+                "INSERT INTO drift_events (deployment, at_ms, event) VALUES (?1, ?2, ?3)",
+                params![deployment, now, e],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
     }
 
     /// A deployment's state, and its audit record, in one durable transaction.

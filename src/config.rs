@@ -692,7 +692,7 @@ impl DeploymentConfig {
                 "must be between 0 and 1",
             ));
         }
-        if !(p.max_latency_ratio >= 1.0) {
+        if p.max_latency_ratio.is_nan() || p.max_latency_ratio < 1.0 {
             return Err(ConfigError::new(
                 format!("{key}.promotion.max_latency_ratio"),
                 "must be at least 1",

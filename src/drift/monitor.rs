@@ -154,6 +154,9 @@ struct Windows {
     last_ms: i64,
 }
 
+/// Stores a deployment's drift state, with the event that changed it.
+pub type Persist = Box<dyn Fn(&str, &DriftState, Option<&Value>) + Send>;
+
 /// Events for delivery (webhooks, retraining command).
 #[derive(Clone, Debug)]
 pub struct Notice {
@@ -184,7 +187,7 @@ impl DriftMonitor {
         configs: BTreeMap<String, DriftConfig>,
         states: HashMap<String, DriftState>,
         evaluator: Arc<Evaluator>,
-        persist: Box<dyn Fn(&str, &DriftState, Option<&Value>) + Send>,
+        persist: Persist,
         notify: tokio::sync::mpsc::Sender<Notice>,
     ) -> DriftMonitor {
         let (tx, rx) = crossbeam_channel::bounded(4096);
@@ -244,7 +247,7 @@ struct Worker {
     states: HashMap<String, DriftState>,
     windows: HashMap<String, Windows>,
     evaluator: Arc<Evaluator>,
-    persist: Box<dyn Fn(&str, &DriftState, Option<&Value>) + Send>,
+    persist: Persist,
     notify: tokio::sync::mpsc::Sender<Notice>,
     reports: Arc<Mutex<HashMap<String, DriftReport>>>,
     dropped: Arc<AtomicU64>,

@@ -262,6 +262,7 @@ async fn infer_deployment(
 
 /// Hands a copy of the request to a member's own workers; never waits for
 /// a place in its queue, and the caller never waits for its answer.
+#[allow(clippy::too_many_arguments)]
 fn mirror(
     s: &AppState,
     d: &Deployment,
@@ -318,7 +319,6 @@ fn mirror(
                 tracing::debug!(model = %member.model.name(), error = %e, "mirrored request failed");
             }
             Ok(Ok((outputs, timings))) => {
-                member.stats.completed.fetch_add(1, Relaxed);
                 member.stats.record_latency(timings.infer);
                 let predictions = member.model.reader.read(&outputs, rows);
                 let records = prediction_records(
@@ -332,6 +332,8 @@ fn mirror(
                     started.elapsed(),
                 );
                 gateway.store().log_predictions(records);
+                // Counted once its predictions are queued for the log.
+                member.stats.completed.fetch_add(1, Relaxed);
                 if sampled {
                     gateway
                         .drift()

@@ -228,6 +228,7 @@ async fn infer_deployment(
         .stats
         .served
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    answering.stats.record_latency(timings.infer);
     let predictions = answering.model.reader.read(&outputs, p.rows);
     let records = prediction_records(
         &d.name_arc,

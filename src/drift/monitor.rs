@@ -6,7 +6,8 @@
 //! (counted), so monitoring never slows inference. The thread keeps a
 //! window of the last `drift.window` rows per feature and per model's
 //! predictions, scores them against the model version's `reference.json`
-//! every `drift.evaluate_every` rows, and moves each feature's state
+//! every `drift.evaluate_every` rows (at most four times a second, and every
+//! two seconds when traffic is idle, so its cost is bounded), and moves each feature's state
 //! ok → warning → alert with hysteresis (`raise_after` / `clear_after`
 //! consecutive scorings).
 //!
@@ -152,6 +153,7 @@ struct Windows {
     training: Option<Arc<BTreeMap<String, f64>>>,
     first_ms: i64,
     last_ms: i64,
+    last_eval_ms: i64,
 }
 
 /// Stores a deployment's drift state, with the event that changed it.
@@ -254,6 +256,8 @@ struct Worker {
 }
 
 const TICK: Duration = Duration::from_secs(2);
+/// Least time between two scorings of one deployment driven by traffic.
+const MIN_INTERVAL_MS: i64 = 250;
 
 impl Worker {
     fn run(mut self, rx: Receiver<Sample>) {
@@ -292,6 +296,7 @@ impl Worker {
             training: None,
             first_ms: now,
             last_ms: now,
+            last_eval_ms: 0,
         });
         w.last_ms = now;
         if let Some(r) = &s.reference {
@@ -328,8 +333,14 @@ impl Worker {
             }
         }
         let rows = w.columns.first().map_or(0, VecDeque::len);
-        if w.since_eval >= cfg.evaluate_every && rows >= cfg.min_rows {
+        // Score after `evaluate_every` new rows, but not more often than
+        // MIN_INTERVAL: the cost of monitoring stays bounded at any traffic.
+        if w.since_eval >= cfg.evaluate_every
+            && rows >= cfg.min_rows
+            && now - w.last_eval_ms >= MIN_INTERVAL_MS
+        {
             w.since_eval = 0;
+            w.last_eval_ms = now;
             self.evaluate(&name);
         }
     }

@@ -647,7 +647,33 @@ impl Worker {
             .map(|t| t.state)
             .max()
             .unwrap_or_default();
-        let Some(s) = scored else { return };
+        let Some(s) = scored else {
+            // Nothing scored yet since the start: show the stored states (a
+            // restored alert names its feature at once), worst first.
+            if r.evaluated_at_ms.is_none() {
+                let stored = |prefix: &str, field: &str| -> Vec<Value> {
+                    let mut v: Vec<(Level, Value)> = state
+                        .tracked
+                        .iter()
+                        .filter_map(|(k, t)| {
+                            let id = k.strip_prefix(prefix)?;
+                            Some((
+                                t.state,
+                                json!({ field: id, "state": t.state, "alert_since_ms": t.alert_since_ms }),
+                            ))
+                        })
+                        .collect();
+                    v.sort_by_key(|(level, _)| std::cmp::Reverse(*level));
+                    v.into_iter().map(|(_, v)| v).collect()
+                };
+                r.features = stored("feature:", "name");
+                r.predictions = stored("predictions:", "model");
+                r.accuracy = state.tracked.get("accuracy").map(
+                    |t| json!({ "state": t.state, "alert_since_ms": t.alert_since_ms, "history": state.accuracy_history }),
+                );
+            }
+            return;
+        };
         let with_state = |key: &str, mut v: Value| {
             if let Some(t) = state.tracked.get(key) {
                 v["state"] = json!(t.state);

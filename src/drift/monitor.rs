@@ -154,6 +154,10 @@ struct Windows {
     first_ms: i64,
     last_ms: i64,
     last_eval_ms: i64,
+    /// Rows added since the last scoring (of any trigger).
+    fresh_rows: usize,
+    /// Labelled rows of the deployment at the last scoring.
+    last_labelled: u64,
 }
 
 /// Stores a deployment's drift state, with the event that changed it.
@@ -297,6 +301,8 @@ impl Worker {
             first_ms: now,
             last_ms: now,
             last_eval_ms: 0,
+            fresh_rows: 0,
+            last_labelled: 0,
         });
         w.last_ms = now;
         if let Some(r) = &s.reference {
@@ -329,6 +335,7 @@ impl Worker {
                         c.push_back(v);
                     }
                     w.since_eval += 1;
+                    w.fresh_rows += 1;
                 }
             }
         }
@@ -341,22 +348,38 @@ impl Worker {
         {
             w.since_eval = 0;
             w.last_eval_ms = now;
-            self.evaluate(&name);
+            self.evaluate(&name, false);
         }
     }
 
-    /// Timer work: accuracy decay and retraining triggers.
+    /// Timer work: rows the rate limit held back, new labels (accuracy
+    /// decay), and retraining deadlines — also for alerts restored at start.
     fn tick(&mut self, name: &str) {
-        if !self.windows.contains_key(name) {
-            return;
-        }
-        self.evaluate(name);
+        self.evaluate(name, true);
     }
 
-    fn evaluate(&mut self, name: &str) {
+    /// Scores a deployment. A scoring counts towards the hysteresis only
+    /// when new rows or labels arrived since the last one, so an idle window
+    /// is never re-counted; a timer scoring without new data only checks the
+    /// retraining deadlines.
+    fn evaluate(&mut self, name: &str, timer: bool) {
         let Some(cfg) = self.configs.get(name).cloned() else {
             return;
         };
+        let labelled = self.evaluator.counters(name).1;
+        let fresh = match self.windows.get_mut(name) {
+            Some(w) => {
+                let fresh = w.fresh_rows > 0 || w.last_labelled != labelled;
+                w.fresh_rows = 0;
+                w.last_labelled = labelled;
+                fresh
+            }
+            None => false,
+        };
+        if timer && !fresh {
+            self.check_deadlines(name, &cfg);
+            return;
+        }
         let Some(w) = self.windows.get(name) else {
             return;
         };
@@ -540,6 +563,64 @@ impl Worker {
                 at: now,
             }),
         );
+    }
+
+    /// Sends `retrain_recommended` for alerts that have lasted long enough,
+    /// without scoring (no new data).
+    fn check_deadlines(&mut self, name: &str, cfg: &DriftConfig) {
+        let now = now_ms();
+        let Some(state) = self.states.get_mut(name) else {
+            return;
+        };
+        let overdue: Vec<String> = state
+            .tracked
+            .iter()
+            .filter(|(_, t)| {
+                t.state == Level::Alert
+                    && !t.retrain_sent
+                    && t.alert_since_ms
+                        .is_some_and(|since| now - since >= cfg.retrain_after_secs as i64 * 1000)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if overdue.is_empty() {
+            return;
+        }
+        let evidence: Vec<Value> = overdue
+            .iter()
+            .map(|k| json!({ "key": k, "alert_since_ms": state.tracked.get(k).and_then(|t| t.alert_since_ms) }))
+            .collect();
+        for k in &overdue {
+            if let Some(t) = state.tracked.get_mut(k) {
+                t.retrain_sent = true;
+            }
+        }
+        let champion = self.windows.get(name).and_then(|w| w.champion.clone());
+        let event = json!({
+            "event": "retrain_recommended",
+            "deployment": name,
+            "model": champion,
+            "at_ms": now,
+            "reason": format!("{} stayed in alert for at least {} s", overdue.join(", "), cfg.retrain_after_secs),
+            "evidence": evidence,
+        });
+        if state.events.len() == MAX_EVENTS {
+            state.events.pop_front();
+        }
+        state.events.push_back(event.clone());
+        let snapshot = state.clone();
+        (self.persist)(name, &snapshot, Some(&event));
+        tracing::warn!(
+            deployment = name,
+            event = "retrain_recommended",
+            "drift event"
+        );
+        let _ = self.notify.try_send(Notice {
+            deployment: name.to_owned(),
+            event,
+            retrain: true,
+        });
+        self.publish(name, None);
     }
 
     fn accuracy(

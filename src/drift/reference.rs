@@ -84,8 +84,11 @@ pub enum FeatureReference {
         min: f64,
         /// Training maximum.
         max: f64,
-        /// Sorted subsample of the training values (at most 1000, the whole
-        /// column when it is small), for KS and Wasserstein.
+        /// Sorted subsample of the training values, for KS and Wasserstein
+        /// (at most 1000; `models/generate.py` keeps the example files small
+        /// with a budget of 2000 values per file, e.g. 66 per feature for
+        /// the 30 breast-cancer features, which limits how small a shift
+        /// KS can detect).
         sample: Vec<f64>,
     },
     /// A categorical column.

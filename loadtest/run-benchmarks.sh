@@ -2,16 +2,20 @@
 # Runs the gateway, the in-process baseline and the HTTP + JSON floor side by
 # side on this machine, then prints the markdown comparison (BENCHMARKS.md).
 #
-#   loadtest/run-benchmarks.sh            # about 3 minutes
+#   loadtest/run-benchmarks.sh            # about 3.5 minutes
 #   ROUNDS=5 DURATION=5 loadtest/run-benchmarks.sh
+#   KEEP_DATA=1 ...   # keep the gateways' prediction logs (OUT/*-data)
 #
 # For 1-row and 32-row requests, each path is loaded closed-loop at
-# concurrency 32 (throughput) and 1 (low-load latency). A second gateway runs
-# with CONTENDER_RUNTIME__EXECUTION=pool to compare the worker pool with the
-# default inline execution (1-row requests). Every measurement is repeated in
-# ROUNDS interleaved rounds, because on a small shared VM the numbers drift
-# from one minute to the next; the table gives medians, ranges and per-round
-# (paired) ratios. The load generator runs on the same cores as the server it
+# concurrency 32 (throughput) and 1 (low-load latency). The gateway serves
+# loadtest/benchmark.toml: the breast_cancer v1 champion alone, defaults
+# otherwise (prediction log and drift monitoring on). For 1-row requests two
+# variants run beside it: the same with CONTENDER_RUNTIME__EXECUTION=pool
+# (worker pool instead of inline execution), and with one shadow challenger
+# (loadtest/benchmark-shadow.toml). Every measurement is repeated in ROUNDS
+# interleaved rounds, because on a small shared VM the numbers drift from one
+# minute to the next; the table gives medians, ranges and per-round (paired)
+# ratios. The load generator runs on the same cores as the server it
 # measures: on a small machine they compete for CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,17 +24,21 @@ ROUNDS=${ROUNDS:-3}                    # interleaved repetitions
 DURATION=${DURATION:-3}                # measured seconds per run
 WARMUP=${WARMUP:-1}                    # unmeasured seconds before each run
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}  # load generator tokio workers
-GATEWAY_PORT=${GATEWAY_PORT:-18080}
-POOL_PORT=${POOL_PORT:-18082}
 FLOOR_PORT=${FLOOR_PORT:-18081}
+GATEWAY_PORT=${GATEWAY_PORT:-18082}
+POOL_PORT=${POOL_PORT:-18083}
+SHADOW_PORT=${SHADOW_PORT:-18084}
 OUT=${OUT:-target/loadtest/$(date +%Y%m%d-%H%M%S)}
-MODEL=models/breast_cancer/1/model.onnx  # the champion contender.toml deploys
+MODEL=models/breast_cancer/1/model.onnx  # the champion benchmark.toml deploys
 HOLDOUT=models/_data/breast_cancer_holdout.json
-LT=target/release/contender-loadtest
-GW=target/release/contender
 
 cargo build --release -p contender -p contender-loadtest
-mkdir -p "$OUT"
+mkdir -p "$OUT/bin"
+OUT=$(cd "$OUT" && pwd)
+# Run copies, so that a concurrent build cannot swap the binaries mid-run.
+cp target/release/contender target/release/contender-loadtest "$OUT/bin/"
+LT=$OUT/bin/contender-loadtest
+GW=$OUT/bin/contender
 
 pids=()
 cleanup() {
@@ -40,18 +48,28 @@ cleanup() {
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  rm -rf "$OUT/bin"
+  # The prediction logs hold one row per request (hundreds of MB): drop them.
+  if [ -z "${KEEP_DATA:-}" ]; then
+    rm -rf "$OUT/gateway-data" "$OUT/gateway-pool-data" "$OUT/gateway-shadow-data"
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$GATEWAY_PORT" "$POOL_PORT" "$FLOOR_PORT"; do
+for port in "$FLOOR_PORT" "$GATEWAY_PORT" "$POOL_PORT" "$SHADOW_PORT"; do
   if listening "$port"; then
-    echo "port $port is already in use: stop what listens there or set GATEWAY_PORT/POOL_PORT/FLOOR_PORT" >&2
+    echo "port $port is already in use: stop what listens there or set FLOOR_PORT, GATEWAY_PORT, POOL_PORT, SHADOW_PORT" >&2
     exit 1
   fi
 done
 
+# Other work on the machine skews every number: record how busy it was.
+idle_before=$(vmstat 1 2 | awk 'END { print $15 }')
+if [ "$idle_before" -lt 80 ]; then
+  echo "warning: the CPU was only ${idle_before}% idle before the run: other work will skew the numbers" >&2
+fi
 "$LT" body --holdout "$HOLDOUT" --rows 1 --out "$OUT/body-1.json"
 "$LT" body --holdout "$HOLDOUT" --rows 32 --out "$OUT/body-32.json"
 
@@ -64,9 +82,16 @@ start_server() { # name port command... (waits until ready)
 }
 # The floor stops by itself after 15 minutes should this script be killed hard.
 start_server floor "$FLOOR_PORT" "$LT" floor --addr "127.0.0.1:$FLOOR_PORT" --exit-after 900
-start_server gateway "$GATEWAY_PORT" "$GW" serve --http-addr "127.0.0.1:$GATEWAY_PORT"
-start_server gateway-pool "$POOL_PORT" \
-  env CONTENDER_RUNTIME__EXECUTION=pool "$GW" serve --http-addr "127.0.0.1:$POOL_PORT"
+# Each gateway logs predictions to its own fresh store, not the repository's data/.
+start_gateway() { # name port config [NAME=value ...]
+  local name=$1 port=$2 config=$3
+  shift 3
+  start_server "$name" "$port" env CONTENDER_STORE__DATA_DIR="$OUT/$name-data" "$@" \
+    "$GW" serve --config "$config" --http-addr "127.0.0.1:$port"
+}
+start_gateway gateway "$GATEWAY_PORT" loadtest/benchmark.toml
+start_gateway gateway-pool "$POOL_PORT" loadtest/benchmark.toml CONTENDER_RUNTIME__EXECUTION=pool
+start_gateway gateway-shadow "$SHADOW_PORT" loadtest/benchmark-shadow.toml
 
 failed=0
 http_run() { # name port rows concurrency round
@@ -91,6 +116,7 @@ for round in $(seq 1 "$ROUNDS"); do
       http_run gateway "$GATEWAY_PORT" "$rows" "$conc" "$round"
       if [ "$rows" = 1 ]; then
         http_run gateway-pool "$POOL_PORT" "$rows" "$conc" "$round"
+        http_run gateway-shadow "$SHADOW_PORT" "$rows" "$conc" "$round"
       fi
       inprocess_run "$rows" "$conc" "$round"
       http_run floor "$FLOOR_PORT" "$rows" "$conc" "$round"
@@ -98,9 +124,18 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# Whether the gateways kept up with their prediction logs (a full queue drops records).
+if command -v curl >/dev/null; then
+  for port in "$GATEWAY_PORT" "$POOL_PORT" "$SHADOW_PORT"; do
+    curl -s "http://127.0.0.1:$port/metrics" >"$OUT/metrics-$port.txt" || true
+    echo "gateway :$port $(grep -E '^contender_prediction_log_dropped_total' "$OUT/metrics-$port.txt" || echo 'prediction log: nothing dropped')"
+  done
+fi
+
 {
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), load generator on the same cores"
   echo "Commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo ' (src modified)'); $ROUNDS rounds, each run $DURATION s measured after $WARMUP s warm-up; load generator threads: $LOADGEN_THREADS"
+  echo "CPU idle just before the run: ${idle_before}%; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   "$LT" table --dir "$OUT"
 } | tee "$OUT/table.md"

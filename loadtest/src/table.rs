@@ -213,13 +213,17 @@ fn execution_table(out: &mut String, results: &Results, batches: &[usize]) {
     let strategies = [
         ("gateway", "inline (`auto`, the default)"),
         ("gateway-pool", "worker pool (`execution = \"pool\"`)"),
+        ("gateway-shadow", "inline + 1 shadow (v2, every request)"),
     ];
     out.push_str(
-        "\n| execution | rows/request | c32 req/s | c32 p50 µs | c32 p99 µs | c1 p50 µs | c1 p99 µs | failed |\n\
+        "\n| gateway | rows/request | c32 req/s | c32 p50 µs | c32 p99 µs | c1 p50 µs | c1 p99 µs | failed |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for &rows in batches {
-        if !results.contains_key(&("gateway-pool".to_owned(), rows, HIGH)) {
+        if !strategies[1..]
+            .iter()
+            .any(|(path, _)| results.contains_key(&((*path).to_owned(), rows, HIGH)))
+        {
             continue;
         }
         for (path, label) in strategies {
@@ -258,6 +262,20 @@ fn execution_table(out: &mut String, results: &Results, batches: &[usize]) {
             spread_signed(p50)
         );
     }
+    let rps = paired(get("gateway-shadow", HIGH), get("gateway", HIGH), |s, i| {
+        100.0 * s.throughput_rps / i.throughput_rps.max(f64::MIN_POSITIVE)
+    });
+    let p50 = paired(get("gateway-shadow", LOW), get("gateway", LOW), |s, i| {
+        s.latency_us.p50 as f64 - i.latency_us.p50 as f64
+    });
+    if let (Some(rps), Some(p50)) = (rps, p50) {
+        let _ = writeln!(
+            out,
+            "\nOne shadow vs none, 1 row, paired per round: throughput at c32 {} % of champion-only; p50 at c1 {} µs.",
+            spread(rps, 0),
+            spread_signed(p50)
+        );
+    }
 }
 
 fn render(results: &Results) -> String {
@@ -267,7 +285,7 @@ fn render(results: &Results) -> String {
     let mut out = String::new();
     main_table(&mut out, results, &batches);
     ratio_table(&mut out, results, &batches);
-    if results.keys().any(|k| k.0 == "gateway-pool") {
+    if results.keys().any(|k| k.0.starts_with("gateway-")) {
         execution_table(&mut out, results, &batches);
     }
     out

@@ -180,7 +180,7 @@ pub struct ModelDefaults {
 impl Default for ModelDefaults {
     fn default() -> ModelDefaults {
         ModelDefaults {
-            instances: 1,
+            instances: default_instances(),
             intra_op_threads: 1,
             queue_capacity: 256,
             max_batch_size: 1024,
@@ -188,6 +188,13 @@ impl Default for ModelDefaults {
             warmup_batch_sizes: vec![1, 2, 4, 8, 16, 32],
         }
     }
+}
+
+/// One session per core (at most 4): requests running inline on the async
+/// workers then rarely wait for each other's session. Set `instances = 1`
+/// for large models where memory matters more.
+fn default_instances() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// Where a model's inference runs (see `runtime` module docs).

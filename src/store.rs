@@ -68,6 +68,9 @@ pub struct PredictionRecord {
     pub created_ms: i64,
     pub latency_us: u32,
     pub prediction: Prediction,
+    /// Whether other models may predict for the same request (the
+    /// deployment has challengers): only then is agreement looked up.
+    pub compare: bool,
 }
 
 /// One posted label.

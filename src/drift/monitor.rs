@@ -260,6 +260,8 @@ struct Worker {
 }
 
 const TICK: Duration = Duration::from_secs(2);
+/// How often an idle monitor looks at its queue.
+const POLL: Duration = Duration::from_millis(5);
 /// Least time between two scorings of one deployment driven by traffic.
 const MIN_INTERVAL_MS: i64 = 250;
 
@@ -270,15 +272,33 @@ impl Worker {
         for name in &names {
             self.publish(name, None);
         }
+        // Polls instead of parking on the queue, so a request that pushes a
+        // sample never pays for waking this thread.
+        // The timer runs once the queue has been quiet for TICK (traffic
+        // scores on its own), and then every TICK.
+        let mut last_tick = std::time::Instant::now();
+        let mut last_sample = std::time::Instant::now();
         loop {
-            match rx.recv_timeout(TICK) {
-                Ok(s) => self.add(s),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    for name in &names {
-                        self.tick(name);
+            let mut idle = true;
+            loop {
+                match rx.try_recv() {
+                    Ok(s) => {
+                        idle = false;
+                        last_sample = std::time::Instant::now();
+                        self.add(s);
                     }
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+            if last_tick.elapsed() >= TICK && last_sample.elapsed() >= TICK {
+                last_tick = std::time::Instant::now();
+                for name in &names {
+                    self.tick(name);
+                }
+            }
+            if idle {
+                std::thread::sleep(POLL);
             }
         }
     }

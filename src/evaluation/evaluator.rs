@@ -114,6 +114,9 @@ pub struct Evaluator {
 impl Evaluator {
     fn with<T>(&self, deployment: &str, f: impl FnOnce(&mut DeploymentEval) -> T) -> T {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = map.get_mut(deployment) {
+            return f(d);
+        }
         let d = map
             .entry(deployment.to_owned())
             .or_insert_with(|| DeploymentEval {

@@ -239,6 +239,7 @@ async fn infer_deployment(
         &segment,
         &predictions,
         started.elapsed(),
+        !live.challengers.is_empty(),
     );
     s.gateway.store().log_predictions(records);
     if sampled {
@@ -331,6 +332,7 @@ fn mirror(
                     &segment,
                     &predictions,
                     started.elapsed(),
+                    true,
                 );
                 gateway.store().log_predictions(records);
                 // Counted once its predictions are queued for the log.
@@ -393,6 +395,7 @@ fn prediction_records(
     segment: &Option<Arc<str>>,
     predictions: &[Prediction],
     latency: Duration,
+    compare: bool,
 ) -> Vec<PredictionRecord> {
     if predictions.is_empty() {
         return Vec::new();
@@ -418,6 +421,7 @@ fn prediction_records(
             created_ms,
             latency_us,
             prediction,
+            compare,
         })
         .collect()
 }
@@ -528,7 +532,9 @@ fn server_timing(t: &Timings) -> String {
         if !s.is_empty() {
             s.push_str(", ");
         }
-        let _ = write!(s, "{name};dur={:.3}", d.as_secs_f64() * 1e3);
+        // Milliseconds with microsecond digits, formatted as integers (cheaper than floats).
+        let us = d.as_micros();
+        let _ = write!(s, "{name};dur={}.{:03}", us / 1000, us % 1000);
     }
     s
 }

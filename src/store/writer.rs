@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
@@ -231,7 +231,10 @@ pub struct Writer {
 }
 
 const BATCH: usize = 1024;
-const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
+/// Rows written in one batch per (deployment, model, version, served).
+type BatchCount = (Arc<str>, Arc<str>, u64, bool, u64);
+const FLUSH_EVERY: Duration = Duration::from_millis(3);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl Writer {
@@ -255,53 +258,63 @@ impl Writer {
     }
 
     /// Serves both queues until every sender is gone, then writes what is left.
+    /// Serves both queues until the control queue closes, then writes what
+    /// is left.
+    ///
+    /// The thread never parks on the prediction queue: it drains it every
+    /// `FLUSH_EVERY` while it waits on the control queue, so a request that
+    /// logs predictions never pays for waking it (a futex wake per request
+    /// cost about 5 % of the gateway's CPU). Control messages (labels,
+    /// deployment changes) wake it at once, after what is queued is written.
     pub fn run(mut self, predictions: Receiver<Vec<PredictionRecord>>, control: Receiver<Control>) {
-        let mut predictions_open = true;
-        let closed = crossbeam_channel::never();
         loop {
-            let wait = if self.buffer.is_empty() {
-                SWEEP_EVERY
-            } else {
-                FLUSH_EVERY
-            };
-            select! {
-                recv(if predictions_open { &predictions } else { &closed }) -> msg => match msg {
-                    Ok(batch) => {
-                        self.buffer.extend(batch);
-                        // Drain what is already queued, up to a batch.
-                        while self.buffer.len() < BATCH {
-                            match predictions.try_recv() {
-                                Ok(more) => self.buffer.extend(more),
-                                Err(_) => break,
-                            }
-                        }
-                        if self.buffer.len() >= BATCH {
-                            self.flush();
-                        }
-                    }
-                    Err(_) => predictions_open = false,
-                },
-                recv(control) -> msg => match msg {
-                    Ok(c) => {
-                        // Everything queued before this command is written first.
-                        while let Ok(more) = predictions.try_recv() {
-                            self.buffer.extend(more);
-                        }
-                        self.flush();
-                        self.handle(c);
-                    }
-                    Err(_) => break,
-                },
-                default(wait) => self.flush(),
+            self.drain(&predictions);
+            if self.buffer.len() >= BATCH {
+                self.flush();
+                continue;
             }
-            if self.last_sweep.elapsed() >= SWEEP_EVERY {
+            match control.recv_timeout(FLUSH_EVERY) {
+                Ok(c) => {
+                    // Everything queued before this command is written first.
+                    self.drain_all(&predictions);
+                    self.flush();
+                    self.handle(c);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.drain_all(&predictions);
+                    self.flush();
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let over_cap = self.counters.rows.load(Ordering::Relaxed)
+                > self.settings.max_predictions + self.settings.max_predictions / 20;
+            if over_cap || self.last_sweep.elapsed() >= SWEEP_EVERY {
                 self.sweep();
             }
         }
-        while let Ok(more) = predictions.try_recv() {
-            self.buffer.extend(more);
-        }
+        self.drain_all(&predictions);
         self.flush();
+    }
+
+    /// Takes queued predictions up to a batch.
+    fn drain(&mut self, predictions: &Receiver<Vec<PredictionRecord>>) {
+        while self.buffer.len() < BATCH {
+            match predictions.try_recv() {
+                Ok(more) => self.buffer.extend(more),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Writes every queued prediction, a batch at a time.
+    fn drain_all(&mut self, predictions: &Receiver<Vec<PredictionRecord>>) {
+        loop {
+            self.drain(predictions);
+            if self.buffer.len() < BATCH {
+                return;
+            }
+            self.flush();
+        }
     }
 
     fn handle(&mut self, c: Control) {
@@ -431,6 +444,7 @@ impl Writer {
         let tx = self.conn.transaction().map_err(&err)?;
         let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
         let mut served_rows: HashMap<String, u64> = HashMap::new();
+        let mut counts: Vec<BatchCount> = Vec::new();
         let mut inserted = 0u64;
         {
             let mut insert = tx
@@ -468,13 +482,24 @@ impl Writer {
                     continue;
                 }
                 inserted += 1;
-                let key: ModelKey = (r.model.to_string(), r.version);
-                self.evaluator
-                    .add_predictions(&r.deployment, &key, 1, r.served);
-                if r.served {
-                    *served_rows.entry(r.deployment.to_string()).or_default() += 1;
+                // Counted per model and batch (one evaluator update each, below).
+                let counted = counts.iter_mut().find(|(d, m, v, s, _)| {
+                    **d == *r.deployment && **m == *r.model && *v == r.version && *s == r.served
+                });
+                match counted {
+                    Some(c) => c.4 += 1,
+                    None => counts.push((
+                        Arc::clone(&r.deployment),
+                        Arc::clone(&r.model),
+                        r.version,
+                        r.served,
+                        1,
+                    )),
                 }
-                touched.insert((r.deployment.to_string(), key.clone()));
+                if !r.compare {
+                    continue;
+                }
+                let key: ModelKey = (r.model.to_string(), r.version);
                 // Agreement between the champion and each challenger, counted
                 // once per pair: when the second of the two is written.
                 let rows = others
@@ -510,6 +535,15 @@ impl Writer {
                     touched.insert((r.deployment.to_string(), challenger));
                 }
             }
+        }
+        for (deployment, model, version, served, n) in &counts {
+            let key: ModelKey = (model.to_string(), *version);
+            self.evaluator
+                .add_predictions(deployment, &key, *n, *served);
+            if *served {
+                *served_rows.entry(deployment.to_string()).or_default() += n;
+            }
+            touched.insert((deployment.to_string(), key));
         }
         save_evals(&self.evaluator, &self.path, &tx, &touched)?;
         for deployment in served_rows.keys() {

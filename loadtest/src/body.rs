@@ -1,7 +1,7 @@
 //! V2 request bodies built from the held-out rows, so every load source
 //! sends the same realistic numbers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, ensure};
@@ -86,6 +86,23 @@ fn build(args: &Args, holdout: &Holdout) -> anyhow::Result<(Vec<u8>, Option<usiz
     Ok((serde_json::to_vec(&body)?, None))
 }
 
+/// One 1-row V2 JSON body per held-out row (of `input`), for loads that
+/// rotate through realistic rows instead of repeating one.
+pub(crate) fn holdout_bodies(path: &Path, input: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let holdout: Holdout = serde_json::from_slice(&text)
+        .with_context(|| format!("{} has no `features` rows", path.display()))?;
+    take_rows(&holdout, holdout.features.len())?
+        .into_iter()
+        .map(|row| {
+            let body = json!({
+                "inputs": [{ "name": input, "shape": [1, row.len()], "datatype": "FP32", "data": row }],
+            });
+            Ok(bytes::Bytes::from(serde_json::to_vec(&body)?))
+        })
+        .collect()
+}
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     ensure!(
         (1..=1_000_000).contains(&args.rows),
@@ -123,6 +140,17 @@ mod tests {
             binary,
             out: PathBuf::new(),
         }
+    }
+
+    #[test]
+    fn held_out_rows_become_one_row_bodies() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/_data/breast_cancer_holdout.json");
+        let bodies = holdout_bodies(&path, "input").unwrap();
+        assert!(bodies.len() > 100);
+        let req = decode_request(&bodies[1], None).unwrap();
+        assert_eq!(req.inputs[0].shape, vec![1, 30]);
+        assert_ne!(bodies[0], bodies[1]);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,14 +93,22 @@ pub struct WaitArgs {
     timeout: f64,
 }
 
-type HttpClient<B> = Client<HttpConnector, B>;
+pub(crate) type HttpClient<B> = Client<HttpConnector, B>;
 
 /// Everything one request needs, shared by every worker.
-struct Target {
+pub(crate) struct Target {
     uri: Uri,
-    body: Bytes,
+    /// Request bodies, sent in turn (usually one).
+    bodies: Vec<Bytes>,
+    next: AtomicUsize,
     headers: HeaderMap,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
+}
+
+/// A successful (2xx) answer.
+pub(crate) struct Answer {
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 impl Target {
@@ -129,29 +138,77 @@ impl Target {
         );
         Ok(Target {
             uri,
-            body: Bytes::from(body),
+            bodies: vec![Bytes::from(body)],
+            next: AtomicUsize::new(0),
             headers,
             timeout: Duration::from_secs_f64(args.timeout),
         })
     }
 
+    /// A JSON POST of `body` to `url`.
+    pub(crate) fn json(url: &str, body: Bytes, timeout: Duration) -> anyhow::Result<Target> {
+        Target::json_bodies(url, vec![body], timeout)
+    }
+
+    /// JSON POSTs to `url` of each of `bodies` in turn.
+    pub(crate) fn json_bodies(
+        url: &str,
+        bodies: Vec<Bytes>,
+        timeout: Duration,
+    ) -> anyhow::Result<Target> {
+        ensure!(!bodies.is_empty(), "no request body");
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(Target {
+            uri: parse_url(url)?,
+            bodies,
+            next: AtomicUsize::new(0),
+            headers,
+            timeout,
+        })
+    }
+
+    /// The body of the next request.
+    fn next_body(&self) -> Bytes {
+        match self.bodies.as_slice() {
+            [one] => one.clone(),
+            all => all[self.next.fetch_add(1, Ordering::Relaxed) % all.len()].clone(),
+        }
+    }
+
+    pub(crate) fn uri_string(&self) -> String {
+        self.uri.to_string()
+    }
+
     /// Sends one request and reads the whole answer. `Err` is the failure kind.
-    async fn send(&self, client: &HttpClient<Full<Bytes>>) -> Result<(), String> {
-        let mut req = Request::new(Full::new(self.body.clone()));
+    pub(crate) async fn send(&self, client: &HttpClient<Full<Bytes>>) -> Result<(), String> {
+        self.exchange(client, self.next_body()).await.map(drop)
+    }
+
+    /// Sends `body` (instead of the target's own) and returns the answer.
+    pub(crate) async fn exchange(
+        &self,
+        client: &HttpClient<Full<Bytes>>,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
         let exchange = async {
             let resp = client.request(req).await.map_err(|e| transport(&e))?;
             let status = resp.status();
-            let body = resp
-                .into_body()
+            let (parts, body) = resp.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| format!("transport: reading the answer: {e}"))?
                 .to_bytes();
             if status.is_success() {
-                Ok(())
+                Ok(Answer {
+                    headers: parts.headers,
+                    body,
+                })
             } else {
                 Err(format!(
                     "status {}: {}",
@@ -167,7 +224,7 @@ impl Target {
     }
 }
 
-fn parse_url(url: &str) -> anyhow::Result<Uri> {
+pub(crate) fn parse_url(url: &str) -> anyhow::Result<Uri> {
     let uri: Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
     ensure!(
         uri.scheme_str() == Some("http") && uri.host().is_some(),
@@ -177,7 +234,7 @@ fn parse_url(url: &str) -> anyhow::Result<Uri> {
 }
 
 /// A client with at most `connections` kept-alive connections, TCP_NODELAY.
-fn client<B>(connections: usize) -> HttpClient<B>
+pub(crate) fn client<B>(connections: usize) -> HttpClient<B>
 where
     B: hyper::body::Body + Send + 'static + Unpin,
     B::Data: Send,
@@ -191,7 +248,7 @@ where
 }
 
 /// The failure kind of a transport error: its message and causes.
-fn transport(e: &hyper_util::client::legacy::Error) -> String {
+pub(crate) fn transport(e: &hyper_util::client::legacy::Error) -> String {
     let mut kind = String::from("transport: ");
     kind.push_str(&e.to_string());
     let mut source = std::error::Error::source(e);
@@ -218,14 +275,14 @@ fn error_message(body: &[u8]) -> String {
 
 /// The measurement window of a run.
 #[derive(Clone, Copy)]
-struct Window {
-    start: Instant,
-    measure_from: Instant,
-    end: Instant,
+pub(crate) struct Window {
+    pub start: Instant,
+    pub measure_from: Instant,
+    pub end: Instant,
 }
 
 impl Window {
-    fn new(warmup: f64, duration: f64) -> anyhow::Result<Window> {
+    pub(crate) fn new(warmup: f64, duration: f64) -> anyhow::Result<Window> {
         ensure!(
             warmup >= 0.0 && duration > 0.0 && warmup + duration <= MAX_RUN_SECS,
             "--warmup must be ≥ 0 and --duration > 0, together at most {MAX_RUN_SECS} s"
@@ -239,7 +296,7 @@ impl Window {
         })
     }
 
-    fn measured(&self, t: Instant) -> bool {
+    pub(crate) fn measured(&self, t: Instant) -> bool {
         t >= self.measure_from && t < self.end
     }
 }
@@ -290,7 +347,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     recorder.finish(setup, measured).emit(args.json.as_deref())
 }
 
-async fn closed_loop(target: &Arc<Target>, concurrency: usize, window: Window) -> Recorder {
+pub(crate) async fn closed_loop(
+    target: &Arc<Target>,
+    concurrency: usize,
+    window: Window,
+) -> Recorder {
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let target = Arc::clone(target);
@@ -329,18 +390,77 @@ async fn closed_loop(target: &Arc<Target>, concurrency: usize, window: Window) -
     total
 }
 
-/// Dispatches on the schedule from this (non-runtime) thread, so the timing
-/// does not depend on the tokio workers being free.
-fn open_loop(
+/// Open-loop dispatch into a [`Recorder`]: latency from the intended send
+/// time, measured when the request was due inside the window.
+pub(crate) fn open_loop(
     rt: &tokio::runtime::Runtime,
     target: &Arc<Target>,
     rate: f64,
     max_in_flight: usize,
     window: Window,
 ) -> Recorder {
+    let shared = Arc::new(Mutex::new(Recorder::new()));
+    let outcome = open_loop_with(
+        rt,
+        target,
+        rate,
+        max_in_flight,
+        window,
+        &shared,
+        move |rec: &mut Recorder, intended, done, answer| match answer {
+            Ok(_) if window.measured(intended) => rec.success(done - intended),
+            Ok(_) => {}
+            Err(kind) => rec.error(kind),
+        },
+    );
+    let mut rec = shared.lock().unwrap_or_else(|e| e.into_inner());
+    outcome.count_into(&mut rec, max_in_flight);
+    std::mem::take(&mut *rec)
+}
+
+/// What the open-loop dispatcher itself could not do.
+pub(crate) struct OpenOutcome {
+    /// Requests the schedule called for but the in-flight bound held back.
+    pub unsent: u64,
+    /// Whether every outstanding request finished before the grace ran out.
+    pub drained: bool,
+}
+
+impl OpenOutcome {
+    /// Counts the dispatcher's failures into `rec`.
+    pub(crate) fn count_into(&self, rec: &mut Recorder, max_in_flight: usize) {
+        rec.error_n(
+            format!(
+                "not sent: {max_in_flight} requests already in flight (server slower than --rate)"
+            ),
+            self.unsent,
+        );
+        if !self.drained {
+            rec.error("load generator: outstanding requests did not finish");
+        }
+    }
+}
+
+/// Dispatches on the schedule from this (non-runtime) thread, so the timing
+/// does not depend on the tokio workers being free. Each answer goes to
+/// `record(sink, intended, done, answer)`, for every request of the run
+/// (warm-up included: `record` decides what it measures).
+pub(crate) fn open_loop_with<S, F>(
+    rt: &tokio::runtime::Runtime,
+    target: &Arc<Target>,
+    rate: f64,
+    max_in_flight: usize,
+    window: Window,
+    sink: &Arc<Mutex<S>>,
+    record: F,
+) -> OpenOutcome
+where
+    S: Send + 'static,
+    F: Fn(&mut S, Instant, Instant, Result<Answer, String>) + Send + Sync + 'static,
+{
+    let record = Arc::new(record);
     let client = client::<Full<Bytes>>(max_in_flight);
     let slots = Arc::new(Semaphore::new(max_in_flight));
-    let shared = Arc::new(Mutex::new(Recorder::new()));
     let due = |i: u64| window.start + Duration::from_secs_f64(i as f64 / rate);
     let mut i: u64 = 0;
     loop {
@@ -365,24 +485,20 @@ fn open_loop(
         };
         let target = Arc::clone(target);
         let client = client.clone();
-        let shared = Arc::clone(&shared);
+        let sink = Arc::clone(sink);
+        let record = Arc::clone(&record);
         rt.spawn(async move {
-            let outcome = target.send(&client).await;
+            let answer = target.exchange(&client, target.next_body()).await;
             let done = Instant::now();
             {
-                let mut rec = shared.lock().unwrap_or_else(|e| e.into_inner());
-                match outcome {
-                    Ok(()) if window.measured(intended) => rec.success(done - intended),
-                    Ok(()) => {}
-                    Err(kind) => rec.error(kind),
-                }
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                record(&mut s, intended, done, answer);
             }
             // Freed only once recorded: the final drain waits for every slot.
             drop(permit);
         });
         i += 1;
     }
-    // Requests the schedule called for but the in-flight bound held back.
     let scheduled = ((window.end - window.start).as_secs_f64() * rate).ceil() as u64;
     let unsent = scheduled.saturating_sub(i);
     // Let the outstanding requests finish (each is bounded by its timeout).
@@ -391,15 +507,85 @@ fn open_loop(
         let grace = target.timeout + Duration::from_secs(1);
         tokio::time::timeout(grace, slots.acquire_many(all)).await
     });
-    let mut rec = shared.lock().unwrap_or_else(|e| e.into_inner());
-    rec.error_n(
-        format!("not sent: {max_in_flight} requests already in flight (server slower than --rate)"),
+    OpenOutcome {
         unsent,
-    );
-    if drained.is_err() {
-        rec.error("load generator: outstanding requests did not finish");
+        drained: drained.is_ok(),
     }
-    std::mem::replace(&mut *rec, Recorder::new())
+}
+
+/// Closed-loop capacity of `target`: throughput at `concurrency` connections.
+pub(crate) fn capacity(
+    rt: &tokio::runtime::Runtime,
+    target: &Arc<Target>,
+    concurrency: usize,
+    warmup: f64,
+    duration: f64,
+) -> anyhow::Result<crate::report::Report> {
+    let window = Window::new(warmup, duration)?;
+    let rec = rt.block_on(closed_loop(target, concurrency, window));
+    let setup = Setup {
+        source: "http".into(),
+        target: target.uri.to_string(),
+        mode: "closed".into(),
+        concurrency: Some(concurrency),
+        rate: None,
+        max_in_flight: None,
+        rows: None,
+        warmup_s: warmup,
+        duration_s: duration,
+    };
+    Ok(rec.finish(setup, window.end - window.measure_from))
+}
+
+/// `method` `url` with an optional JSON body; the status and the JSON answer
+/// (`Value::Null` when the answer is not JSON). For the admin API.
+pub(crate) async fn call_json(
+    client: &HttpClient<Full<Bytes>>,
+    method: Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<(hyper::StatusCode, serde_json::Value), String> {
+    let uri = parse_url(url).map_err(|e| format!("{e:#}"))?;
+    let bytes = match body {
+        Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+        None => Bytes::new(),
+    };
+    let mut req = Request::new(Full::new(bytes));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    if body.is_some() {
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| transport(&e))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("transport: reading the answer: {e}"))?
+            .to_bytes();
+        let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        Ok((status, value))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {timeout:?}")),
+    }
+}
+
+/// GET `url` as JSON, failing on a non-2xx answer.
+pub(crate) async fn get_json(
+    client: &HttpClient<Full<Bytes>>,
+    url: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let (status, value) = call_json(client, Method::GET, url, None, Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+    ensure!(status.is_success(), "GET {url}: status {status}: {value}");
+    Ok(value)
 }
 
 /// Polls `url` with GET until it answers 200, at most `--timeout` seconds.

@@ -3,6 +3,10 @@
 //! bound once up front; each thread then calls `Model::infer` back to back.
 //! Engine settings are the gateway's: one intra-op thread per session, one
 //! session per calling thread.
+//!
+//! A TorchScript `model.pt` carries no signature: the one its `model.toml`
+//! declares is read from the repository entry (as the gateway does), and the
+//! binary needs the `torchscript` feature (`--features torchscript`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,13 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use contender::protocol::rest::decode_request;
 use contender::protocol::validate::bind_inputs;
+use contender::repository::read_entry;
 use contender::runtime::{self, EngineSettings};
 
 use crate::report::{Recorder, Setup};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model file.
+    /// Model file (`model.onnx`, or `model.pt` in a repository version
+    /// directory whose `model.toml` declares its signature).
     #[arg(long, default_value = "models/breast_cancer/1/model.onnx")]
     model: PathBuf,
     /// Request body file (V2 JSON) whose inputs are fed to the model.
@@ -49,16 +55,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         args.warmup >= 0.0 && args.duration > 0.0 && args.warmup + args.duration <= 3600.0,
         "--warmup must be ≥ 0 and --duration > 0, together at most 3600 s"
     );
-    let library = args
-        .onnxruntime
-        .clone()
-        .unwrap_or_else(runtime::onnx::default_library_path);
-    runtime::onnx::init(&library)?;
     let settings = EngineSettings {
         instances: args.threads,
         intra_op_threads: 1,
     };
-    let model = runtime::load(&args.model, &settings)?;
+    let model = if args.model.extension().is_some_and(|e| e == "onnx") {
+        let library = args
+            .onnxruntime
+            .clone()
+            .unwrap_or_else(runtime::onnx::default_library_path);
+        runtime::onnx::init(&library)?;
+        runtime::load(&args.model, &settings)?
+    } else {
+        // The signature comes from the entry's model.toml.
+        let dir = args
+            .model
+            .parent()
+            .context("--model names a file inside a model version directory")?;
+        let entry = read_entry(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let meta = &entry.metadata;
+        runtime::load_declared(&args.model, &meta.inputs, &meta.outputs, &settings)?
+    };
     let body = std::fs::read(&args.body)
         .with_context(|| format!("reading the body file {}", args.body.display()))?;
     let request = decode_request(&body, None)?;

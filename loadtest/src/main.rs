@@ -11,12 +11,22 @@
 //! - `body`: writes V2 request bodies from the held-out rows.
 //! - `wait`: polls a URL until it answers 200 (bounded), for scripts.
 //! - `table`: the markdown comparison table from a directory of results.
+//! - `compare`: several paths (gateway configurations) side by side in
+//!   interleaved rounds, paired ratios against the first: closed-loop
+//!   throughput, or open-loop latency at a share of measured capacity.
+//! - `feedback`: label ingestion rate (single and batched posts) after
+//!   preparing request ids with real inference requests.
+//! - `swap`: latency and failures around promotions and rollbacks made
+//!   through the admin API under open-loop load.
 
 mod body;
+mod compare;
+mod feedback;
 mod floor;
 mod http;
 mod inprocess;
 mod report;
+mod swap;
 mod table;
 
 use std::process::ExitCode;
@@ -44,6 +54,12 @@ enum Command {
     Wait(http::WaitArgs),
     /// Print the markdown comparison table from a directory of JSON results.
     Table(table::Args),
+    /// Load several paths side by side in interleaved rounds and compare them with the first.
+    Compare(compare::Args),
+    /// Measure label ingestion (single and batched feedback posts) with real request ids.
+    Feedback(feedback::Args),
+    /// Measure latency and failures while a champion is promoted and rolled back under load.
+    Swap(swap::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +71,9 @@ fn main() -> ExitCode {
         Command::Body(args) => body::run(&args),
         Command::Wait(args) => http::wait(&args),
         Command::Table(args) => table::run(&args),
+        Command::Compare(args) => compare::run(&args),
+        Command::Feedback(args) => feedback::run(&args),
+        Command::Swap(args) => swap::run(&args),
     };
     match result {
         Ok(code) => code,

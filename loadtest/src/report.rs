@@ -19,6 +19,12 @@ pub struct Recorder {
     errors: BTreeMap<String, u64>,
 }
 
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder::new()
+    }
+}
+
 impl Recorder {
     pub fn new() -> Recorder {
         Recorder {

@@ -76,7 +76,7 @@ fn load(args: &Args) -> anyhow::Result<Results> {
 }
 
 /// Median (mean of the middle two for an even count), min and max.
-fn stats(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+pub(crate) fn stats(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     if v.is_empty() {
         return None;
     }
@@ -91,7 +91,7 @@ fn stats(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
 }
 
 /// "median (min–max)" when there are several rounds, else the value.
-fn spread(s: (f64, f64, f64), decimals: usize) -> String {
+pub(crate) fn spread(s: (f64, f64, f64), decimals: usize) -> String {
     let (m, lo, hi) = s;
     if lo == hi {
         format!("{m:.decimals$}")
@@ -101,7 +101,7 @@ fn spread(s: (f64, f64, f64), decimals: usize) -> String {
 }
 
 /// As [`spread`], with an explicit sign (for differences).
-fn spread_signed(s: (f64, f64, f64)) -> String {
+pub(crate) fn spread_signed(s: (f64, f64, f64)) -> String {
     let (m, lo, hi) = s;
     if lo == hi {
         format!("{m:+.0}")
@@ -128,7 +128,7 @@ fn paired(
     )
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**not met**" }
 }
 
@@ -137,6 +137,8 @@ fn main_table(out: &mut String, results: &Results, batches: &[usize]) {
         ("gateway", "gateway"),
         ("inprocess", "in-process (no HTTP)"),
         ("floor", "HTTP + JSON floor"),
+        ("gateway-ts", "gateway, TorchScript v4"),
+        ("inprocess-ts", "in-process, TorchScript v4"),
     ];
     out.push_str(
         "| rows/request | concurrency | path | rounds | req/s | rows/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | failed |\n\
@@ -278,14 +280,55 @@ fn execution_table(out: &mut String, results: &Results, batches: &[usize]) {
     }
 }
 
+/// TorchScript (`gateway-ts`, `inprocess-ts`) next to ONNX (`gateway`,
+/// `inprocess`), paired per round.
+fn torchscript_table(out: &mut String, results: &Results, batches: &[usize]) {
+    let get = |path: &str, rows: usize, conc: usize| results.get(&(path.to_owned(), rows, conc));
+    out.push_str(
+        "\n| rows/request | TorchScript ÷ ONNX gateway throughput (c32) | TorchScript gateway p50 − in-process p50 (c1) | TorchScript ÷ ONNX in-process throughput (c32) | TorchScript − ONNX gateway p50 (c1) |\n\
+         | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let pct = |a: &str, b: &str, rows: usize| {
+        paired(get(a, rows, HIGH), get(b, rows, HIGH), |x, y| {
+            100.0 * x.throughput_rps / y.throughput_rps.max(f64::MIN_POSITIVE)
+        })
+        .map_or_else(|| "—".into(), |s| format!("{} %", spread(s, 0)))
+    };
+    let gap = |a: &str, b: &str, rows: usize| {
+        paired(get(a, rows, LOW), get(b, rows, LOW), |x, y| {
+            x.latency_us.p50 as f64 - y.latency_us.p50 as f64
+        })
+        .map_or_else(|| "—".into(), |s| format!("{} µs", spread_signed(s)))
+    };
+    for &rows in batches {
+        let _ = writeln!(
+            out,
+            "| {rows} | {} | {} | {} | {} |",
+            pct("gateway-ts", "gateway", rows),
+            gap("gateway-ts", "inprocess-ts", rows),
+            pct("inprocess-ts", "inprocess", rows),
+            gap("gateway-ts", "gateway", rows),
+        );
+    }
+}
+
 fn render(results: &Results) -> String {
     let mut batches: Vec<usize> = results.keys().map(|k| k.1).collect();
     batches.sort_unstable();
     batches.dedup();
     let mut out = String::new();
     main_table(&mut out, results, &batches);
-    ratio_table(&mut out, results, &batches);
-    if results.keys().any(|k| k.0.starts_with("gateway-")) {
+    if results.keys().any(|k| k.0 == "floor") {
+        ratio_table(&mut out, results, &batches);
+    }
+    if results.keys().any(|k| k.0 == "gateway-ts") {
+        torchscript_table(&mut out, results, &batches);
+    }
+    // The execution variants of the 1-row gateway (not the TorchScript rows).
+    if results
+        .keys()
+        .any(|k| k.0 == "gateway-pool" || k.0 == "gateway-shadow")
+    {
         execution_table(&mut out, results, &batches);
     }
     out
@@ -309,6 +352,10 @@ mod tests {
         assert_eq!(
             parse_name("gateway-pool-b32-c1-r2"),
             Some((("gateway-pool".into(), 32, 1), 2))
+        );
+        assert_eq!(
+            parse_name("inprocess-ts-b32-c32-r1"),
+            Some((("inprocess-ts".into(), 32, 32), 1))
         );
         assert_eq!(parse_name("notes"), None);
     }

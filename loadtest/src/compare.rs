@@ -1,0 +1,580 @@
+//! `compare`: two or more HTTP paths (typically the same gateway build under
+//! different configurations) loaded in interleaved rounds, each compared
+//! with the first, the baseline, paired per round.
+//!
+//! - Closed loop (`--concurrency N`): throughput, e.g. drift monitoring on
+//!   vs off.
+//! - Open loop at a share of capacity (`--load 0.5`): the baseline's
+//!   closed-loop capacity is measured first (at `--capacity-concurrency`,
+//!   every path's capacity is shown), then every path is loaded at
+//!   `load × baseline capacity` requests per second and its latency
+//!   compared, e.g. a champion with and without shadow challengers.
+//!
+//! With `--admin NAME=URL` (a deployment's `/admin/deployments/<name>`), the
+//! challengers' mirror counters (mirrored, dropped, errors, timeouts) and the
+//! prediction log's drops are read before and after every run and the
+//! differences reported.
+//!
+//! On a small shared machine throughput drifts from minute to minute, so the
+//! order of the paths alternates from round to round and ratios are taken
+//! within a round.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::http::{self, Target, Window};
+use crate::report::{Report, Setup};
+use crate::table::{spread, stats, verdict};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A path as "NAME=URL" (repeat; at least two). The first is the baseline.
+    #[arg(long = "path", required = true)]
+    paths: Vec<String>,
+    /// A path's deployment admin URL as "NAME=URL"
+    /// (http://HOST/admin/deployments/<deployment>): mirror and
+    /// prediction-log counters are read around every run.
+    #[arg(long = "admin")]
+    admin: Vec<String>,
+    /// File whose bytes are the (JSON) request body.
+    #[arg(long, required_unless_present = "holdout", conflicts_with = "holdout")]
+    body: Option<PathBuf>,
+    /// Instead of --body: 1-row requests rotating through these held-out rows.
+    #[arg(long)]
+    holdout: Option<PathBuf>,
+    /// Name of the model input (with --holdout).
+    #[arg(long, default_value = "input")]
+    input: String,
+    /// Rows per request (informational).
+    #[arg(long)]
+    rows: Option<usize>,
+    /// Closed loop: this many connections, one request outstanding on each.
+    #[arg(long, conflicts_with_all = ["load", "rate"], required_unless_present_any = ["load", "rate"])]
+    concurrency: Option<usize>,
+    /// Open loop at this share of the baseline's measured capacity.
+    #[arg(long, conflicts_with = "rate")]
+    load: Option<f64>,
+    /// Open loop at this many requests per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections of the closed-loop capacity measurement (`--load`).
+    #[arg(long, default_value_t = 32)]
+    capacity_concurrency: usize,
+    /// The path whose capacity `--load` refers to (default: the baseline).
+    #[arg(long)]
+    capacity_of: Option<String>,
+    /// Open loop: most requests outstanding at once.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Interleaved rounds (each path once per round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Measured seconds per run (after the warm-up).
+    #[arg(long, default_value_t = 4.0)]
+    duration: f64,
+    /// Unmeasured seconds of load before each run.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Per-request timeout in seconds (a timeout is a failure).
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Tokio worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Target: every path's throughput at least this share of the baseline's.
+    #[arg(long)]
+    min_throughput_ratio: Option<f64>,
+    /// Target: every path's p99 at most this multiple of the baseline's.
+    #[arg(long)]
+    max_p99_ratio: Option<f64>,
+    /// Heading of the markdown section.
+    #[arg(long)]
+    title: Option<String>,
+    /// Write every run's result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the markdown section here (it is printed too).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+/// Differences of a deployment's admin counters over one run.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests mirrored to challengers (summed over challengers).
+    pub mirrored: u64,
+    /// Mirrored requests dropped because a challenger's queue was full.
+    pub dropped: u64,
+    /// Mirrored requests that failed or timed out.
+    pub failed: u64,
+    /// Mirrored requests a challenger answered in time.
+    pub completed: u64,
+    /// Prediction-log records dropped (its queue was full).
+    pub log_dropped: u64,
+}
+
+impl Counters {
+    /// The counters of an admin deployment document.
+    pub fn read(doc: &Value) -> Counters {
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        let mut c = Counters {
+            log_dropped: n(&doc["prediction_log"]["dropped"]),
+            ..Counters::default()
+        };
+        for ch in doc["challengers"].as_array().into_iter().flatten() {
+            let s = &ch["stats"];
+            c.mirrored += n(&s["mirrored"]);
+            c.dropped += n(&s["dropped"]);
+            c.failed += n(&s["errors"]) + n(&s["timeouts"]);
+            c.completed += n(&s["completed"]);
+        }
+        c
+    }
+
+    /// `self − before` (counters only grow; a restart would reset them).
+    pub fn since(self, before: Counters) -> Counters {
+        Counters {
+            mirrored: self.mirrored.saturating_sub(before.mirrored),
+            dropped: self.dropped.saturating_sub(before.dropped),
+            failed: self.failed.saturating_sub(before.failed),
+            completed: self.completed.saturating_sub(before.completed),
+            log_dropped: self.log_dropped.saturating_sub(before.log_dropped),
+        }
+    }
+
+    fn add(&mut self, o: Counters) {
+        self.mirrored += o.mirrored;
+        self.dropped += o.dropped;
+        self.failed += o.failed;
+        self.completed += o.completed;
+        self.log_dropped += o.log_dropped;
+    }
+}
+
+/// One path: its name, load target and optional admin URL.
+struct Path {
+    name: String,
+    target: Arc<Target>,
+    admin: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Run {
+    path: String,
+    round: usize,
+    report: Report,
+    counters: Option<Counters>,
+}
+
+#[derive(Serialize)]
+struct Output {
+    mode: String,
+    rate: Option<f64>,
+    capacity: BTreeMap<String, Report>,
+    runs: Vec<Run>,
+}
+
+fn split_named(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    let (name, url) = s
+        .split_once('=')
+        .with_context(|| format!("{what} {s:?} is not NAME=URL"))?;
+    ensure!(!name.is_empty(), "{what} {s:?} has no name");
+    Ok((name.to_owned(), url.to_owned()))
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    ensure!(args.paths.len() >= 2, "give at least two --path NAME=URL");
+    ensure!((1..=100).contains(&args.rounds), "--rounds must be 1..=100");
+    ensure!((1..=64).contains(&args.threads), "--threads must be 1..=64");
+    ensure!(
+        args.timeout > 0.0 && args.timeout <= 600.0,
+        "--timeout must be in (0, 600] seconds"
+    );
+    let bodies = match (&args.body, &args.holdout) {
+        (Some(path), _) => {
+            vec![Bytes::from(std::fs::read(path).with_context(|| {
+                format!("reading the body file {}", path.display())
+            })?)]
+        }
+        (None, Some(holdout)) => crate::body::holdout_bodies(holdout, &args.input)?,
+        (None, None) => bail!("give --body or --holdout"),
+    };
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut admin: BTreeMap<String, String> = BTreeMap::new();
+    for a in &args.admin {
+        let (name, url) = split_named(a, "--admin")?;
+        http::parse_url(&url)?;
+        admin.insert(name, url);
+    }
+    let mut paths = Vec::new();
+    for p in &args.paths {
+        let (name, url) = split_named(p, "--path")?;
+        ensure!(
+            paths.iter().all(|q: &Path| q.name != name),
+            "path {name:?} given twice"
+        );
+        paths.push(Path {
+            target: Arc::new(Target::json_bodies(&url, bodies.clone(), timeout)?),
+            admin: admin.remove(&name),
+            name,
+        });
+    }
+    if let Some(name) = admin.keys().next() {
+        bail!("--admin {name}=… names no --path");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let admin_client = http::client::<Full<Bytes>>(1);
+
+    // Open loop at a share of capacity: measure every path's capacity first.
+    let mut capacity = BTreeMap::new();
+    let rate = match (args.concurrency, args.load, args.rate) {
+        (Some(n), _, _) => {
+            ensure!((1..=10_000).contains(&n), "--concurrency must be 1..=10000");
+            None
+        }
+        (None, Some(load), _) => {
+            ensure!(load > 0.0 && load <= 2.0, "--load must be in (0, 2]");
+            for p in &paths {
+                println!(
+                    "== capacity of {}: closed loop, {} connections",
+                    p.name, args.capacity_concurrency
+                );
+                let r = http::capacity(
+                    &rt,
+                    &p.target,
+                    args.capacity_concurrency,
+                    args.warmup,
+                    args.duration,
+                )?;
+                r.emit(None)?;
+                capacity.insert(p.name.clone(), r);
+            }
+            let of = args.capacity_of.as_deref().unwrap_or(&paths[0].name);
+            let base = capacity
+                .get(of)
+                .with_context(|| format!("--capacity-of {of:?} names no --path"))?
+                .throughput_rps;
+            ensure!(base > 0.0, "{of} answered nothing");
+            Some(load * base)
+        }
+        (None, None, Some(rate)) => {
+            ensure!(
+                rate > 0.0 && rate <= 1e6,
+                "--rate must be in (0, 1000000] requests/s"
+            );
+            Some(rate)
+        }
+        (None, None, None) => bail!("give --concurrency, --load or --rate"),
+    };
+
+    let mut runs = Vec::new();
+    let mut failed = false;
+    for round in 1..=args.rounds {
+        // Alternate the order so neither path always runs first.
+        let order: Vec<&Path> = if round % 2 == 1 {
+            paths.iter().collect()
+        } else {
+            paths.iter().rev().collect()
+        };
+        for p in order {
+            let mode = match rate {
+                Some(r) => format!("open loop at {r:.0} req/s"),
+                None => format!("closed loop, {} connections", args.concurrency.unwrap_or(0)),
+            };
+            println!("== round {round}: {} ({mode})", p.name);
+            let before = match &p.admin {
+                Some(url) => Some(Counters::read(
+                    &rt.block_on(http::get_json(&admin_client, url))?,
+                )),
+                None => None,
+            };
+            let window = Window::new(args.warmup, args.duration)?;
+            let rec = match rate {
+                Some(rate) => http::open_loop(&rt, &p.target, rate, args.max_in_flight, window),
+                None => rt.block_on(http::closed_loop(
+                    &p.target,
+                    args.concurrency.unwrap_or(1),
+                    window,
+                )),
+            };
+            let setup = Setup {
+                source: "http".into(),
+                target: p.target.uri_string(),
+                mode: if rate.is_some() { "open" } else { "closed" }.into(),
+                concurrency: args.concurrency,
+                rate,
+                max_in_flight: rate.map(|_| args.max_in_flight),
+                rows: args.rows,
+                warmup_s: args.warmup,
+                duration_s: args.duration,
+            };
+            let report = rec.finish(setup, window.end - window.measure_from);
+            if report.emit(None)? != ExitCode::SUCCESS {
+                failed = true;
+            }
+            let counters = match (&p.admin, before) {
+                (Some(url), Some(before)) => {
+                    // Let the challengers' queues drain into the counters.
+                    std::thread::sleep(Duration::from_millis(300));
+                    let after = Counters::read(&rt.block_on(http::get_json(&admin_client, url))?);
+                    let c = after.since(before);
+                    println!(
+                        "  challengers: {} mirrored, {} completed, {} dropped (queue full), {} failed; prediction log: {} dropped",
+                        c.mirrored, c.completed, c.dropped, c.failed, c.log_dropped
+                    );
+                    Some(c)
+                }
+                _ => None,
+            };
+            runs.push(Run {
+                path: p.name.clone(),
+                round,
+                report,
+                counters,
+            });
+        }
+    }
+    drop(rt);
+
+    let output = Output {
+        mode: if rate.is_some() { "open" } else { "closed" }.into(),
+        rate,
+        capacity,
+        runs,
+    };
+    let md = markdown(args, &paths, &output);
+    println!("\n{md}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&output)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if failed {
+        eprintln!("some runs had failed requests: see above");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Median over the runs of `name` of `f`, with the range.
+fn over(runs: &[&Run], f: impl Fn(&Report) -> f64) -> (f64, f64, f64) {
+    stats(runs.iter().map(|r| f(&r.report)).collect()).unwrap_or((0.0, 0.0, 0.0))
+}
+
+/// Per-round ratio `f(path) / f(baseline)`, median and range.
+fn paired(
+    runs: &[Run],
+    path: &str,
+    base: &str,
+    f: impl Fn(&Report) -> f64,
+) -> Option<(f64, f64, f64)> {
+    stats(
+        runs.iter()
+            .filter(|r| r.path == path)
+            .filter_map(|r| {
+                let b = runs
+                    .iter()
+                    .find(|q| q.path == base && q.round == r.round)
+                    .map(|q| f(&q.report))?;
+                (b > 0.0).then(|| f(&r.report) / b)
+            })
+            .collect(),
+    )
+}
+
+fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
+    let mut md = String::new();
+    if let Some(t) = &args.title {
+        let _ = writeln!(md, "{t}\n");
+    }
+    let base = &paths[0].name;
+    match (out.rate, args.load) {
+        (Some(rate), Some(load)) => {
+            let of = args.capacity_of.as_deref().unwrap_or(base);
+            let cap = out.capacity.get(of).map_or(0.0, |r| r.throughput_rps);
+            let _ = writeln!(
+                md,
+                "Open loop at {rate:.0} req/s = {:.0} % of the capacity of *{of}* ({cap:.0} req/s: closed loop, {} connections, {} s), latency from the intended send time; at most {} requests in flight.",
+                load * 100.0,
+                args.capacity_concurrency,
+                args.duration,
+                args.max_in_flight
+            );
+        }
+        (Some(rate), None) => {
+            let _ = writeln!(
+                md,
+                "Open loop at {rate:.0} req/s, latency from the intended send time; at most {} requests in flight.",
+                args.max_in_flight
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                md,
+                "Closed loop, {} connections.",
+                args.concurrency.unwrap_or(0)
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "{} interleaved rounds (order alternating), each run {} s measured after {} s warm-up; {}. Medians over rounds (range in brackets).\n",
+        args.rounds,
+        args.duration,
+        args.warmup,
+        match (&args.holdout, args.rows) {
+            (Some(_), _) => "1-row requests rotating through the held-out rows".to_owned(),
+            (None, Some(r)) => format!("{r} row(s) per request"),
+            (None, None) => "one request body".to_owned(),
+        }
+    );
+    let with_counters = out.runs.iter().any(|r| r.counters.is_some());
+    let with_capacity = !out.capacity.is_empty();
+    md.push_str("| path |");
+    if with_capacity {
+        let _ = write!(md, " capacity req/s (c{}) |", args.capacity_concurrency);
+    }
+    md.push_str(" req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | failed |");
+    if with_counters {
+        md.push_str(" mirrored | mirror drops (queue full) | mirror errors + timeouts | prediction-log drops |");
+    }
+    md.push_str("\n| --- |");
+    if with_capacity {
+        md.push_str(" ---: |");
+    }
+    md.push_str(" ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    if with_counters {
+        md.push_str(" ---: | ---: | ---: | ---: |");
+    }
+    md.push('\n');
+    for p in paths {
+        let runs: Vec<&Run> = out.runs.iter().filter(|r| r.path == p.name).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let _ = write!(md, "| {} |", p.name);
+        if with_capacity {
+            let cap = out.capacity.get(&p.name).map_or(0.0, |r| r.throughput_rps);
+            let _ = write!(md, " {cap:.0} |");
+        }
+        let _ = write!(
+            md,
+            " {} | {} | {:.0} | {} | {:.0} | {:.0} | {} |",
+            spread(over(&runs, |r| r.throughput_rps), 0),
+            spread(over(&runs, |r| r.latency_us.p50 as f64), 0),
+            over(&runs, |r| r.latency_us.p90 as f64).0,
+            spread(over(&runs, |r| r.latency_us.p99 as f64), 0),
+            over(&runs, |r| r.latency_us.p999 as f64).0,
+            over(&runs, |r| r.latency_us.max as f64).2,
+            runs.iter().map(|r| r.report.error_total).sum::<u64>(),
+        );
+        if with_counters {
+            let mut total = Counters::default();
+            let mut any = false;
+            for c in runs.iter().filter_map(|r| r.counters) {
+                total.add(c);
+                any = true;
+            }
+            if any {
+                let _ = write!(
+                    md,
+                    " {} | {} | {} | {} |",
+                    total.mirrored, total.dropped, total.failed, total.log_dropped
+                );
+            } else {
+                md.push_str(" — | — | — | — |");
+            }
+        }
+        md.push('\n');
+    }
+    md.push_str("\n| path ÷ baseline (paired per round) | throughput | p50 | p99 | p99.9 | target |\n| --- | ---: | ---: | ---: | ---: | --- |\n");
+    for p in &paths[1..] {
+        let ratio = |f: fn(&Report) -> f64| paired(&out.runs, &p.name, base, f);
+        let fmt = |s: Option<(f64, f64, f64)>| s.map_or_else(|| "—".into(), |s| spread(s, 2));
+        let thr = ratio(|r| r.throughput_rps);
+        let p99 = ratio(|r| r.latency_us.p99 as f64);
+        let mut targets = Vec::new();
+        if let (Some(min), Some(t)) = (args.min_throughput_ratio, thr) {
+            targets.push(format!("throughput ≥ {min:.2}×: {}", verdict(t.0 >= min)));
+        }
+        if let (Some(max), Some(t)) = (args.max_p99_ratio, p99) {
+            targets.push(format!("p99 ≤ {max:.2}×: {}", verdict(t.0 <= max)));
+        }
+        let _ = writeln!(
+            md,
+            "| {} ÷ {base} | {}× | {}× | {}× | {}× | {} |",
+            p.name,
+            fmt(thr),
+            fmt(ratio(|r| r.latency_us.p50 as f64)),
+            fmt(p99),
+            fmt(ratio(|r| r.latency_us.p999 as f64)),
+            if targets.is_empty() {
+                "—".into()
+            } else {
+                targets.join("; ")
+            },
+        );
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn counters_sum_challengers_and_subtract() {
+        let doc = json!({
+            "prediction_log": {"rows": 10, "dropped": 3},
+            "challengers": [
+                {"stats": {"mirrored": 10, "dropped": 2, "errors": 1, "timeouts": 1, "completed": 6}},
+                {"stats": {"mirrored": 5, "dropped": 0, "errors": 0, "timeouts": 0, "completed": 5}},
+            ],
+        });
+        let c = Counters::read(&doc);
+        assert_eq!(
+            c,
+            Counters {
+                mirrored: 15,
+                dropped: 2,
+                failed: 2,
+                completed: 11,
+                log_dropped: 3
+            }
+        );
+        let d = c.since(Counters {
+            mirrored: 5,
+            ..Counters::default()
+        });
+        assert_eq!(d.mirrored, 10);
+        assert_eq!(Counters::read(&json!({})), Counters::default());
+    }
+
+    #[test]
+    fn names_split_at_the_first_equals_sign() {
+        assert_eq!(
+            split_named("a=http://x/?q=1", "--path").unwrap(),
+            ("a".into(), "http://x/?q=1".into())
+        );
+        assert!(split_named("http://x", "--path").is_err());
+        assert!(split_named("=http://x", "--path").is_err());
+    }
+}

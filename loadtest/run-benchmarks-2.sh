@@ -12,7 +12,7 @@
 #   loadtest/run-benchmarks-2.sh                    # every section, about 9 minutes
 #   loadtest/run-benchmarks-2.sh swap drift         # only these sections
 #   ROUNDS=5 DURATION=5 loadtest/run-benchmarks-2.sh drift
-#   KEEP_DATA=1 ...   # keep the gateways' data directories (OUT/data-*)
+#   KEEP_DATA=1 ...   # keep the gateways' data directories (OUT/data-*) and OUT/bin
 #
 # Each section starts its own gateways (config files and fresh data
 # directories under OUT, listening on 127.0.0.1 only) and stops them when it
@@ -70,9 +70,10 @@ watcher=""
 cleanup() {
   if [ -n "$watcher" ]; then kill "$watcher" 2>/dev/null || true; fi
   stop_servers
-  # The prediction logs hold a row per request and model (hundreds of MB).
+  # The prediction logs hold a row per request and model (hundreds of MB),
+  # and the copied binaries take 260 MB.
   if [ -z "${KEEP_DATA:-}" ]; then
-    rm -rf "$OUT"/data-*
+    rm -rf "$OUT"/data-* "$OUT/bin"
   fi
 }
 trap cleanup EXIT

@@ -352,15 +352,7 @@ impl Gateway {
         let previous = state.champion.clone();
         state.champion = target.clone();
         state.challengers.retain(|c| &c.model_ref() != target);
-        state.challengers.push(ChallengerConfig {
-            model: previous.model.clone(),
-            version: previous.version,
-            mode: ChallengerMode::Shadow,
-            fraction: 1.0,
-            workers: 1,
-            queue_capacity: 64,
-            timeout_ms: 1000,
-        });
+        state.challengers.push(shadow_of(&previous));
         let keep = state.promotion.keep_previous_secs;
         let mut runtime = d.runtime();
         runtime.previous = Some(Previous {
@@ -417,15 +409,7 @@ impl Gateway {
         state.champion = target.clone();
         state.challengers.retain(|c| c.model_ref() != target);
         if !state.challengers.iter().any(|c| c.model_ref() == demoted) {
-            state.challengers.push(ChallengerConfig {
-                model: demoted.model.clone(),
-                version: demoted.version,
-                mode: ChallengerMode::Shadow,
-                fraction: 1.0,
-                workers: 1,
-                queue_capacity: 64,
-                timeout_ms: 1000,
-            });
+            state.challengers.push(shadow_of(&demoted));
         }
         runtime.previous = None;
         if !runtime.blocked.contains(&demoted) {
@@ -502,6 +486,20 @@ impl Gateway {
                 Some(v)
             })
             .collect())
+    }
+}
+
+/// A former champion as a shadow of every request, so it keeps producing
+/// paired evidence (the post-promotion watch, or a later re-promotion).
+fn shadow_of(r: &ModelRef) -> ChallengerConfig {
+    ChallengerConfig {
+        model: r.model.clone(),
+        version: r.version,
+        mode: ChallengerMode::Shadow,
+        fraction: 1.0,
+        workers: 1,
+        queue_capacity: 64,
+        timeout_ms: 1000,
     }
 }
 

@@ -360,26 +360,14 @@ impl Writer {
         state: &str,
         event: Option<&str>,
     ) -> Result<(), StoreError> {
-        let err = sqlite_err(&self.path);
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(&err)?;
-        let tx = self.conn.transaction().map_err(&err)?;
-        let now = now_ms();
-        tx.execute(
+        self.save_state(
             "INSERT INTO drift (deployment, state, updated_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (deployment) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
-            params![deployment, state, now],
+            "INSERT INTO drift_events (deployment, at_ms, event) VALUES (?1, ?2, ?3)",
+            deployment,
+            state,
+            event,
         )
-        .map_err(&err)?;
-        if let Some(e) = event {
-            tx.execute(
-                "INSERT INTO drift_events (deployment, at_ms, event) VALUES (?1, ?2, ?3)",
-                params![deployment, now, e],
-            )
-            .map_err(&err)?;
-        }
-        tx.commit().map_err(&err)
     }
 
     /// A deployment's state, and its audit record, in one durable transaction.
@@ -389,24 +377,37 @@ impl Writer {
         state: &str,
         history: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.save_state(
+            "INSERT INTO deployments (name, state, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            "INSERT INTO history (deployment, at_ms, record) VALUES (?1, ?2, ?3)",
+            name,
+            state,
+            history,
+        )
+    }
+
+    /// Upserts a deployment's state (`upsert`) and appends a log entry
+    /// (`append`) in one transaction, committed with synchronous = FULL.
+    fn save_state(
+        &mut self,
+        upsert: &str,
+        append: &str,
+        deployment: &str,
+        state: &str,
+        entry: Option<&str>,
+    ) -> Result<(), StoreError> {
         let err = sqlite_err(&self.path);
         self.conn
             .pragma_update(None, "synchronous", "FULL")
             .map_err(&err)?;
         let tx = self.conn.transaction().map_err(&err)?;
         let now = now_ms();
-        tx.execute(
-            "INSERT INTO deployments (name, state, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
-            params![name, state, now],
-        )
-        .map_err(&err)?;
-        if let Some(record) = history {
-            tx.execute(
-                "INSERT INTO history (deployment, at_ms, record) VALUES (?1, ?2, ?3)",
-                params![name, now, record],
-            )
+        tx.execute(upsert, params![deployment, state, now])
             .map_err(&err)?;
+        if let Some(e) = entry {
+            tx.execute(append, params![deployment, now, e])
+                .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }

@@ -373,6 +373,31 @@ fn validate(config: &Config, path: &Path) -> ExitCode {
     for (k, v) in &meta.metrics {
         let _ = writeln!(out, "metric {k}: {v}");
     }
+    match &loaded.reference {
+        Some(r) => {
+            let predictions = match &r.predictions {
+                Some(crate::drift::reference::PredictionReference::Classes { labels, .. }) => {
+                    format!("predicted-class frequencies over {} classes", labels.len())
+                }
+                Some(crate::drift::reference::PredictionReference::Numeric { .. }) => {
+                    "prediction distribution".to_owned()
+                }
+                None => "no prediction reference".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "reference statistics: valid; {} features from {} training rows; {predictions}",
+                r.features.len(),
+                r.rows
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "reference statistics: none (reference.json absent: no drift monitoring for it)"
+            );
+        }
+    }
     let plan = loaded.runner.plan();
     let _ = writeln!(
         out,

@@ -196,6 +196,11 @@ fn validate_prints_the_signature() {
         rows.contains(&vec!["output", "label", "INT64", "[-1]"]),
         "{stdout}"
     );
+    // The drift reference statistics beside the model are checked too.
+    assert!(
+        stdout.contains("reference statistics: valid; 30 features"),
+        "{stdout}"
+    );
     assert!(
         rows.contains(&vec!["output", "probabilities", "FP32", "[-1,", "2]"]),
         "{stdout}"

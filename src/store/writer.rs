@@ -232,6 +232,14 @@ pub struct Writer {
 
 const BATCH: usize = 1024;
 
+/// One feedback request: deployment, class names, labels.
+type FeedbackGroup = (String, Vec<String>, Vec<FeedbackItem>);
+/// Where a feedback request's answer goes.
+type FeedbackReply = tokio::sync::oneshot::Sender<Result<Vec<FeedbackResult>, StoreError>>;
+
+/// Most feedback requests committed together.
+const FEEDBACK_GROUP: usize = 256;
+
 /// Rows written in one batch per (deployment, model, version, served).
 type BatchCount = (Arc<str>, Arc<str>, u64, bool, u64);
 const FLUSH_EVERY: Duration = Duration::from_millis(3);
@@ -274,6 +282,39 @@ impl Writer {
                 continue;
             }
             match control.recv_timeout(FLUSH_EVERY) {
+                Ok(Control::Feedback {
+                    deployment,
+                    class_names,
+                    items,
+                    reply,
+                }) => {
+                    // Group commit: take the feedback requests already
+                    // waiting, then write every prediction queued before any
+                    // of them, then store them in one transaction.
+                    let mut group = vec![((deployment, class_names, items), reply)];
+                    let mut deferred = None;
+                    while group.len() < FEEDBACK_GROUP {
+                        match control.try_recv() {
+                            Ok(Control::Feedback {
+                                deployment,
+                                class_names,
+                                items,
+                                reply,
+                            }) => group.push(((deployment, class_names, items), reply)),
+                            Ok(other) => {
+                                deferred = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.drain_all(&predictions);
+                    self.flush();
+                    self.feedback_group(group);
+                    if let Some(c) = deferred {
+                        self.handle(c);
+                    }
+                }
                 Ok(c) => {
                     // Everything queued before this command is written first.
                     self.drain_all(&predictions);
@@ -325,12 +366,7 @@ impl Writer {
                 items,
                 reply,
             } => {
-                let result = self.feedback(&deployment, &class_names, items);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, deployment, "storing feedback failed");
-                    self.reload();
-                }
-                let _ = reply.send(result);
+                self.feedback_group(vec![((deployment, class_names, items), reply)]);
             }
             Control::SaveDeployment {
                 name,
@@ -368,6 +404,29 @@ impl Writer {
             state,
             event,
         )
+    }
+
+    /// Commits a group of feedback requests together and answers each.
+    fn feedback_group(&mut self, group: Vec<(FeedbackGroup, FeedbackReply)>) {
+        let (requests, replies): (Vec<FeedbackGroup>, Vec<FeedbackReply>) =
+            group.into_iter().unzip();
+        match self.feedback(requests) {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storing feedback failed");
+                self.reload();
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Corrupt(format!(
+                        "the labels were not stored: {message}"
+                    ))));
+                }
+            }
+        }
     }
 
     /// A deployment's state, and its audit record, in one durable transaction.
@@ -650,12 +709,13 @@ fn save_counters(
 }
 
 impl Writer {
+    /// Stores the labels of several feedback requests in ONE transaction
+    /// (group commit: one synchronous = FULL commit for all of them), and
+    /// answers each request's items.
     fn feedback(
         &mut self,
-        deployment: &str,
-        class_names: &[String],
-        items: Vec<FeedbackItem>,
-    ) -> Result<Vec<FeedbackResult>, StoreError> {
+        groups: Vec<FeedbackGroup>,
+    ) -> Result<Vec<Vec<FeedbackResult>>, StoreError> {
         let err = sqlite_err(&self.path);
         self.conn
             .pragma_update(None, "synchronous", "FULL")
@@ -663,10 +723,8 @@ impl Writer {
         let retention_ms = self.settings.retention_ms;
         let now = now_ms();
         let tx = self.conn.transaction().map_err(&err)?;
-        let mut results = Vec::with_capacity(items.len());
-        let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
-        let mut labelled = 0u64;
-        let mut pairs: BTreeSet<crate::evaluation::PairKey> = BTreeSet::new();
+        let mut answers = Vec::with_capacity(groups.len());
+        let mut changed_comparisons: Vec<String> = Vec::new();
         {
             let mut existing_label = tx
                 .prepare_cached("SELECT label FROM labels WHERE deployment = ?1 AND request_id = ?2 AND row = ?3")
@@ -685,44 +743,51 @@ impl Writer {
             let mut insert_outcome = tx
                 .prepare_cached("INSERT INTO outcomes (deployment, model, version, outcome) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(&err)?;
-            for item in items {
-                let result = |status, message: Option<String>| FeedbackResult {
-                    id: item.id.clone(),
-                    row: item.row,
-                    status,
-                    message,
-                };
-                let predictions = preds
-                    .query_map(params![deployment, item.id, item.row], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, u64>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, Option<String>>(4)?,
-                        ))
-                    })
-                    .map_err(&err)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(&err)?;
-                let segment = predictions.iter().find_map(|p| p.4.clone());
-                let predictions: Vec<(String, u64, Prediction, Option<Role>)> = predictions
-                    .into_iter()
-                    .filter_map(|(m, v, p, role, _)| {
-                        serde_json::from_str(&p)
-                            .ok()
-                            .map(|p| (m, v, p, Role::parse(&role)))
-                    })
-                    .collect();
-                let stored: Option<String> = existing_label
-                    .query_row(params![deployment, item.id, item.row], |r| r.get(0))
-                    .optional()
-                    .map_err(&err)?;
-                let kind = predictions.first().map(|(_, _, p, _)| p.kind());
-                if let Some(stored) = stored {
-                    let stored: Option<Label> = serde_json::from_str(&stored).ok();
-                    let posted = kind.and_then(|k| Label::parse(&item.label, k, class_names).ok());
-                    results.push(if posted.is_some() && posted == stored {
+            for (deployment, class_names, items) in groups {
+                let (deployment, class_names) = (deployment.as_str(), class_names.as_slice());
+                let mut results = Vec::with_capacity(items.len());
+                let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
+                let mut labelled = 0u64;
+                let mut pairs: BTreeSet<crate::evaluation::PairKey> = BTreeSet::new();
+                for item in items {
+                    let result = |status, message: Option<String>| FeedbackResult {
+                        id: item.id.clone(),
+                        row: item.row,
+                        status,
+                        message,
+                    };
+                    let predictions = preds
+                        .query_map(params![deployment, item.id, item.row], |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, u64>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, Option<String>>(4)?,
+                            ))
+                        })
+                        .map_err(&err)?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(&err)?;
+                    let segment = predictions.iter().find_map(|p| p.4.clone());
+                    let predictions: Vec<(String, u64, Prediction, Option<Role>)> = predictions
+                        .into_iter()
+                        .filter_map(|(m, v, p, role, _)| {
+                            serde_json::from_str(&p)
+                                .ok()
+                                .map(|p| (m, v, p, Role::parse(&role)))
+                        })
+                        .collect();
+                    let stored: Option<String> = existing_label
+                        .query_row(params![deployment, item.id, item.row], |r| r.get(0))
+                        .optional()
+                        .map_err(&err)?;
+                    let kind = predictions.first().map(|(_, _, p, _)| p.kind());
+                    if let Some(stored) = stored {
+                        let stored: Option<Label> = serde_json::from_str(&stored).ok();
+                        let posted =
+                            kind.and_then(|k| Label::parse(&item.label, k, class_names).ok());
+                        results.push(if posted.is_some() && posted == stored {
                         result(FeedbackStatus::Duplicate, None)
                     } else {
                         result(
@@ -733,88 +798,100 @@ impl Writer {
                             )),
                         )
                     });
-                    continue;
-                }
-                let Some(kind) = kind else {
-                    let expired = is_expired(&item.id, now, retention_ms);
-                    results.push(if expired {
-                        result(
-                            FeedbackStatus::Expired,
-                            Some("its predictions are older than the retention window".into()),
-                        )
-                    } else {
-                        result(
-                            FeedbackStatus::UnknownId,
-                            Some(format!(
-                                "no prediction for request id {:?} row {} in this deployment",
-                                item.id, item.row
-                            )),
-                        )
-                    });
-                    continue;
-                };
-                let label = match Label::parse(&item.label, kind, class_names) {
-                    Ok(l) => l,
-                    Err(message) => {
-                        results.push(result(FeedbackStatus::Invalid, Some(message)));
                         continue;
                     }
-                };
-                let label_json = serde_json::to_string(&label).expect("labels serialise");
-                insert_label
-                    .execute(params![deployment, item.id, item.row, label_json, now])
-                    .map_err(&err)?;
-                let mut champion: Option<(ModelKey, crate::evaluation::metrics::Outcome)> = None;
-                let mut challengers = Vec::new();
-                for (model, version, prediction, role) in predictions {
-                    let Some(outcome) = prediction.outcome(&label) else {
+                    let Some(kind) = kind else {
+                        let expired = is_expired(&item.id, now, retention_ms);
+                        results.push(if expired {
+                            result(
+                                FeedbackStatus::Expired,
+                                Some("its predictions are older than the retention window".into()),
+                            )
+                        } else {
+                            result(
+                                FeedbackStatus::UnknownId,
+                                Some(format!(
+                                    "no prediction for request id {:?} row {} in this deployment",
+                                    item.id, item.row
+                                )),
+                            )
+                        });
                         continue;
                     };
-                    let k: ModelKey = (model.clone(), version);
-                    match role {
-                        Some(Role::Champion) => champion = Some((k, outcome.clone())),
-                        Some(Role::Shadow | Role::Canary) => challengers.push((k, outcome.clone())),
-                        None => {}
-                    }
-                    let outcome_json = serde_json::to_string(&outcome).expect("outcomes serialise");
-                    insert_outcome
-                        .execute(params![deployment, model, version, outcome_json])
+                    let label = match Label::parse(&item.label, kind, class_names) {
+                        Ok(l) => l,
+                        Err(message) => {
+                            results.push(result(FeedbackStatus::Invalid, Some(message)));
+                            continue;
+                        }
+                    };
+                    let label_json = serde_json::to_string(&label).expect("labels serialise");
+                    insert_label
+                        .execute(params![deployment, item.id, item.row, label_json, now])
                         .map_err(&err)?;
-                    let key: ModelKey = (model, version);
-                    self.evaluator.add_outcome(deployment, &key, outcome);
-                    self.touched_outcomes
-                        .insert((deployment.to_owned(), key.0.clone(), key.1));
-                    touched.insert((deployment.to_owned(), key));
-                }
-                // The paired comparisons: the champion's loss against each
-                // challenger's on this row (overall and in its segment).
-                if let Some((ck, co)) = &champion {
-                    for (xk, xo) in &challengers {
-                        let pair = (ck.clone(), xk.clone());
-                        if self
-                            .evaluator
-                            .add_pair(deployment, &pair, segment.as_deref(), co, xo)
-                        {
-                            pairs.insert(pair);
+                    let mut champion: Option<(ModelKey, crate::evaluation::metrics::Outcome)> =
+                        None;
+                    let mut challengers = Vec::new();
+                    for (model, version, prediction, role) in predictions {
+                        let Some(outcome) = prediction.outcome(&label) else {
+                            continue;
+                        };
+                        let k: ModelKey = (model.clone(), version);
+                        match role {
+                            Some(Role::Champion) => champion = Some((k, outcome.clone())),
+                            Some(Role::Shadow | Role::Canary) => {
+                                challengers.push((k, outcome.clone()))
+                            }
+                            None => {}
+                        }
+                        let outcome_json =
+                            serde_json::to_string(&outcome).expect("outcomes serialise");
+                        insert_outcome
+                            .execute(params![deployment, model, version, outcome_json])
+                            .map_err(&err)?;
+                        let key: ModelKey = (model, version);
+                        self.evaluator.add_outcome(deployment, &key, outcome);
+                        self.touched_outcomes
+                            .insert((deployment.to_owned(), key.0.clone(), key.1));
+                        touched.insert((deployment.to_owned(), key));
+                    }
+                    // The paired comparisons: the champion's loss against each
+                    // challenger's on this row (overall and in its segment).
+                    if let Some((ck, co)) = &champion {
+                        for (xk, xo) in &challengers {
+                            let pair = (ck.clone(), xk.clone());
+                            if self.evaluator.add_pair(
+                                deployment,
+                                &pair,
+                                segment.as_deref(),
+                                co,
+                                xo,
+                            ) {
+                                pairs.insert(pair);
+                            }
                         }
                     }
+                    labelled += 1;
+                    results.push(result(FeedbackStatus::Accepted, None));
                 }
-                labelled += 1;
-                results.push(result(FeedbackStatus::Accepted, None));
+                self.evaluator.add_labelled(deployment, labelled);
+                save_evals(&self.evaluator, &self.path, &tx, &touched)?;
+                save_counters(&self.evaluator, &self.path, &tx, deployment)?;
+                save_comparisons(&self.evaluator, &self.path, &tx, deployment, &pairs)?;
+                if !pairs.is_empty() && !changed_comparisons.iter().any(|d| d == deployment) {
+                    changed_comparisons.push(deployment.to_owned());
+                }
+                answers.push(results);
             }
         }
-        self.evaluator.add_labelled(deployment, labelled);
-        save_evals(&self.evaluator, &self.path, &tx, &touched)?;
-        save_counters(&self.evaluator, &self.path, &tx, deployment)?;
-        save_comparisons(&self.evaluator, &self.path, &tx, deployment, &pairs)?;
         tx.commit().map_err(&err)?;
-        if !pairs.is_empty()
-            && let Some(notify) = &self.settings.notify
-        {
-            // The policy re-evaluates; if its queue is full it has work pending anyway.
-            let _ = notify.try_send(deployment.to_owned());
+        if let Some(notify) = &self.settings.notify {
+            for deployment in changed_comparisons {
+                // The policy re-evaluates; if its queue is full it has work pending anyway.
+                let _ = notify.try_send(deployment);
+            }
         }
-        Ok(results)
+        Ok(answers)
     }
 
     /// Retention, the size cap, and pruning outcomes beyond the windows.

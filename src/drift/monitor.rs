@@ -125,6 +125,51 @@ pub struct DriftState {
 }
 
 const MAX_EVENTS: usize = 100;
+
+impl DriftState {
+    /// Keys in alert for at least `after_secs` whose retraining event is
+    /// not sent yet; marks them sent.
+    fn take_overdue(&mut self, now: i64, after_secs: u64) -> Vec<String> {
+        let mut overdue = Vec::new();
+        for (k, t) in &mut self.tracked {
+            if t.state == Level::Alert
+                && !t.retrain_sent
+                && t.alert_since_ms
+                    .is_some_and(|since| now - since >= after_secs as i64 * 1000)
+            {
+                t.retrain_sent = true;
+                overdue.push(k.clone());
+            }
+        }
+        overdue
+    }
+
+    /// Keeps an event (the last `MAX_EVENTS`).
+    fn push_event(&mut self, e: Value) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+}
+
+fn retrain_event(
+    deployment: &str,
+    champion: Option<&str>,
+    now: i64,
+    overdue: &[String],
+    after_secs: u64,
+    evidence: Vec<Value>,
+) -> Value {
+    json!({
+        "event": "retrain_recommended",
+        "deployment": deployment,
+        "model": champion,
+        "at_ms": now,
+        "reason": format!("{} stayed in alert for at least {after_secs} s", overdue.join(", ")),
+        "evidence": evidence,
+    })
+}
 const MAX_ACCURACY_HISTORY: usize = 50;
 
 /// What a person reads: the latest scores.
@@ -510,23 +555,8 @@ impl Worker {
         }
         // Retraining: an alert that has lasted retrain_after_secs.
         let mut retrain = None;
-        let overdue: Vec<String> = state
-            .tracked
-            .iter()
-            .filter(|(_, t)| {
-                t.state == Level::Alert
-                    && !t.retrain_sent
-                    && t.alert_since_ms
-                        .is_some_and(|since| now - since >= cfg.retrain_after_secs as i64 * 1000)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let overdue = state.take_overdue(now, cfg.retrain_after_secs);
         if !overdue.is_empty() {
-            for k in &overdue {
-                if let Some(t) = state.tracked.get_mut(k) {
-                    t.retrain_sent = true;
-                }
-            }
             let evidence: Vec<Value> = levels
                 .iter()
                 .filter(|(k, _, _)| overdue.contains(k))
@@ -538,24 +568,17 @@ impl Worker {
                     v
                 })
                 .collect();
-            retrain = Some(json!({
-                "event": "retrain_recommended",
-                "deployment": name,
-                "model": champion,
-                "at_ms": now,
-                "reason": format!(
-                    "{} stayed in alert for at least {} s",
-                    overdue.join(", "),
-                    cfg.retrain_after_secs
-                ),
-                "evidence": evidence,
-            }));
+            retrain = Some(retrain_event(
+                name,
+                champion.as_deref(),
+                now,
+                &overdue,
+                cfg.retrain_after_secs,
+                evidence,
+            ));
         }
         for e in [&event, &retrain].into_iter().flatten() {
-            if state.events.len() == MAX_EVENTS {
-                state.events.pop_front();
-            }
-            state.events.push_back(e.clone());
+            state.push_event(e.clone());
         }
         let state = state.clone();
         if changed || event.is_some() || retrain.is_some() {
@@ -563,12 +586,7 @@ impl Worker {
         }
         for (e, is_retrain) in [(event, false), (retrain, true)] {
             if let Some(e) = e {
-                tracing::warn!(deployment = name, event = %e["event"], "drift event");
-                let _ = self.notify.try_send(Notice {
-                    deployment: name.to_owned(),
-                    event: e,
-                    retrain: is_retrain,
-                });
+                self.deliver(name, e, is_retrain);
             }
         }
         crate::telemetry::drift_levels(name, &levels, &state.tracked);
@@ -592,17 +610,7 @@ impl Worker {
         let Some(state) = self.states.get_mut(name) else {
             return;
         };
-        let overdue: Vec<String> = state
-            .tracked
-            .iter()
-            .filter(|(_, t)| {
-                t.state == Level::Alert
-                    && !t.retrain_sent
-                    && t.alert_since_ms
-                        .is_some_and(|since| now - since >= cfg.retrain_after_secs as i64 * 1000)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let overdue = state.take_overdue(now, cfg.retrain_after_secs);
         if overdue.is_empty() {
             return;
         }
@@ -610,37 +618,30 @@ impl Worker {
             .iter()
             .map(|k| json!({ "key": k, "alert_since_ms": state.tracked.get(k).and_then(|t| t.alert_since_ms) }))
             .collect();
-        for k in &overdue {
-            if let Some(t) = state.tracked.get_mut(k) {
-                t.retrain_sent = true;
-            }
-        }
         let champion = self.windows.get(name).and_then(|w| w.champion.clone());
-        let event = json!({
-            "event": "retrain_recommended",
-            "deployment": name,
-            "model": champion,
-            "at_ms": now,
-            "reason": format!("{} stayed in alert for at least {} s", overdue.join(", "), cfg.retrain_after_secs),
-            "evidence": evidence,
-        });
-        if state.events.len() == MAX_EVENTS {
-            state.events.pop_front();
-        }
-        state.events.push_back(event.clone());
+        let event = retrain_event(
+            name,
+            champion.as_deref(),
+            now,
+            &overdue,
+            cfg.retrain_after_secs,
+            evidence,
+        );
+        state.push_event(event.clone());
         let snapshot = state.clone();
         (self.persist)(name, &snapshot, Some(&event));
-        tracing::warn!(
-            deployment = name,
-            event = "retrain_recommended",
-            "drift event"
-        );
+        self.deliver(name, event, true);
+        self.publish(name, None);
+    }
+
+    /// Logs an event and hands it to the notifier (never waits).
+    fn deliver(&self, name: &str, event: Value, retrain: bool) {
+        tracing::warn!(deployment = name, event = %event["event"], "drift event");
         let _ = self.notify.try_send(Notice {
             deployment: name.to_owned(),
             event,
-            retrain: true,
+            retrain,
         });
-        self.publish(name, None);
     }
 
     fn accuracy(

@@ -595,3 +595,32 @@ async fn a_regression_deployment_takes_numeric_labels_and_reports_mae_rmse() {
     assert_window_is_everything(m, "diabetes@1");
     ts.stop().await;
 }
+
+/// Single labels posted concurrently (the store commits the waiting ones
+/// together): every post is answered `accepted` and counted once, and the
+/// metrics equal those of the same labels posted one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_labels_are_each_durable_and_counted_once() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let features = breast_cancer_features();
+    let labels = breast_cancer_labels();
+    let answers = s.infer_rows("breast_cancer", &features).await;
+    let mut tasks = Vec::new();
+    for (a, &label) in answers.iter().zip(&labels) {
+        let s = std::sync::Arc::clone(&s);
+        let body = json!({ "id": a.id, "label": label });
+        tasks.push(tokio::spawn(async move { s.feedback("breast_cancer", &body).await }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.expect("the task completes");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "accepted", "{body}");
+    }
+    let d = s.deployment("breast_cancer").await;
+    assert_eq!(d["evaluation"]["rows_labelled"], labels.len() as u64, "{d}");
+    let m = eval_of(&d, "breast_cancer", 1).expect("champion evaluated");
+    let expected = expected_classes(1);
+    let right = expected.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    let accuracy = right as f64 / labels.len() as f64;
+    assert_eq!(m["cumulative"]["accuracy"].as_f64(), Some(accuracy), "{m}");
+}

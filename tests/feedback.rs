@@ -609,7 +609,9 @@ async fn concurrent_single_labels_are_each_durable_and_counted_once() {
     for (a, &label) in answers.iter().zip(&labels) {
         let s = std::sync::Arc::clone(&s);
         let body = json!({ "id": a.id, "label": label });
-        tasks.push(tokio::spawn(async move { s.feedback("breast_cancer", &body).await }));
+        tasks.push(tokio::spawn(async move {
+            s.feedback("breast_cancer", &body).await
+        }));
     }
     for t in tasks {
         let (status, body) = t.await.expect("the task completes");

@@ -171,6 +171,10 @@ pub struct ModelDefaults {
     pub queue_capacity: usize,
     pub max_batch_size: usize,
     pub execution: Execution,
+    /// Dynamic batching: a worker thread runs the requests already waiting in
+    /// its queue as one batch (never waiting for more), when every input and
+    /// output of the model has a batch dimension.
+    pub dynamic_batching: bool,
     /// Batch sizes run through every instance before the model takes traffic
     /// (engines that specialise per input shape pay that cost here); sizes
     /// above `max_batch_size` are skipped.
@@ -185,6 +189,7 @@ impl Default for ModelDefaults {
             queue_capacity: 256,
             max_batch_size: 1024,
             execution: Execution::Auto,
+            dynamic_batching: true,
             warmup_batch_sizes: vec![1, 2, 4, 8, 16, 32],
         }
     }
@@ -219,6 +224,7 @@ pub struct ModelSettings {
     pub queue_capacity: Option<usize>,
     pub max_batch_size: Option<usize>,
     pub execution: Option<Execution>,
+    pub dynamic_batching: Option<bool>,
     pub warmup_batch_sizes: Option<Vec<usize>>,
 }
 
@@ -246,6 +252,10 @@ impl ModelSettings {
                 .execution
                 .or(lower.execution)
                 .unwrap_or(defaults.execution),
+            dynamic_batching: self
+                .dynamic_batching
+                .or(lower.dynamic_batching)
+                .unwrap_or(defaults.dynamic_batching),
             warmup_batch_sizes: self
                 .warmup_batch_sizes
                 .clone()
@@ -283,6 +293,10 @@ pub struct DriftConfig {
     pub min_rows: usize,
     /// Share of requests sampled into the windows.
     pub sample_rate: f64,
+    /// Most rows sampled in any one second (0: no cap). Beyond it requests
+    /// are not sampled until the next second, which bounds the cost of
+    /// monitoring under heavy traffic.
+    pub max_rows_per_sec: u64,
     /// New rows between two scorings.
     pub evaluate_every: usize,
     /// Thresholds for every feature and the predictions.
@@ -318,6 +332,7 @@ impl Default for DriftConfig {
             window: 500,
             min_rows: 100,
             sample_rate: 1.0,
+            max_rows_per_sec: 1000,
             evaluate_every: 50,
             thresholds: crate::drift::stats::Thresholds::default(),
             features: BTreeMap::new(),

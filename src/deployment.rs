@@ -565,7 +565,12 @@ impl Gateway {
             challengers,
             routes,
             routing: state.routing.clone(),
-            drift_rate: state.drift.enabled.then_some(state.drift.sample_rate),
+            drift: state.drift.enabled.then(|| {
+                crate::drift::monitor::Sampling::new(
+                    state.drift.sample_rate,
+                    state.drift.max_rows_per_sec,
+                )
+            }),
         })
     }
 

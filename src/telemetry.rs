@@ -1,6 +1,6 @@
 //! Metric names (one place), their descriptions, typed emitters, and tracing
 //! set-up. Names follow `contender_<subsystem>_<noun>_<unit>`; labels are
-//! bounded (`deployment`, `model`, `version`, `error_type`).
+//! bounded (`deployment`, `model`, `version`, `error_type`, `runner`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,6 +36,7 @@ pub const PREDICTIONS_DROPPED: &str = "contender_prediction_log_dropped_total";
 pub const PREDICTIONS_EVICTED: &str = "contender_prediction_log_evicted_total";
 pub const STORE_BATCH_ROWS: &str = "contender_store_batch_rows";
 pub const STORE_BATCH_DURATION: &str = "contender_store_batch_duration_seconds";
+pub const DYNAMIC_BATCH: &str = "contender_inference_batch_requests";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -50,6 +51,11 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(DYNAMIC_BATCH.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+                )
                 .expect("bucket list is not empty")
                 .install_recorder()
                 .unwrap_or_else(|e| {
@@ -75,6 +81,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_histogram!(
+        DYNAMIC_BATCH,
+        "Requests run together in one dynamic batch, by runner (model@version, `-mirror` for a challenger's mirrored copies)."
+    );
     describe_counter!(
         INFER_REQUESTS,
         "Inference requests answered, by model and version."
@@ -216,6 +226,11 @@ pub fn models_ready() -> Gauge {
 pub fn load_failed(model: &str, version: u64) {
     counter!(MODEL_LOAD_FAILURES, "model" => model.to_owned(), "version" => version.to_string())
         .increment(1);
+}
+
+/// The batch-size histogram of one runner's workers.
+pub fn dynamic_batch(runner: &str) -> Histogram {
+    histogram!(DYNAMIC_BATCH, "runner" => runner.to_owned())
 }
 
 pub fn mirror_dropped(deployment: &str, model: &str, version: u64) {

@@ -118,6 +118,74 @@ async fn breast_cancer_versions_match_onnxruntime() {
     s.stop().await;
 }
 
+/// Concurrent requests of different sizes on one worker thread (where the
+/// waiting ones are batched together): every response holds exactly its own
+/// rows' predictions, for the deployment and for a repository model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_batched_together_each_get_their_own_rows() {
+    let s = std::sync::Arc::new(
+        TestServer::start_with(
+            "",
+            "[models.breast_cancer]\nexecution = \"pool\"\ninstances = 1\n",
+        )
+        .await,
+    );
+    s.wait_all_loaded().await;
+    let features = breast_cancer_features();
+    let mut tasks = Vec::new();
+    for version in [1, 2] {
+        let mut at = 0;
+        for n in [1usize, 3, 2, 4].into_iter().cycle() {
+            if at + n > features.len() {
+                break;
+            }
+            let rows: Vec<usize> = (at..at + n).collect();
+            let body = classifier_request(&features[at..at + n]);
+            at += n;
+            let s = std::sync::Arc::clone(&s);
+            let path = if version == 1 {
+                "/v2/models/breast_cancer/infer".to_owned()
+            } else {
+                format!("/v2/models/breast_cancer/versions/{version}/infer")
+            };
+            tasks.push(tokio::spawn(async move {
+                let (status, resp) = s.post_json(&path, &body).await;
+                (version, rows, status, resp)
+            }));
+        }
+    }
+    for t in tasks {
+        let (version, rows, status, resp) = t.await.expect("the request task completes");
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(resp["model_version"], version.to_string(), "{resp}");
+        let e = expected("breast_cancer", version);
+        let local: Vec<usize> = (0..rows.len()).collect();
+        let labels: Vec<i64> = rows.iter().map(|&i| expected_labels(&e)[i]).collect();
+        let probabilities: Vec<[f64; 2]> = rows
+            .iter()
+            .map(|&i| expected_probabilities(&e)[i])
+            .collect();
+        assert_classifier_rows(
+            &resp,
+            &local,
+            &labels,
+            &probabilities,
+            &format!("v{version} rows {rows:?}"),
+        );
+    }
+    // The batch-size histogram is exported for every runner that batches.
+    let metrics = reqwest::get(s.url("/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("contender_inference_batch_requests"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_answers_with_its_champion() {
     let s = TestServer::start().await;

@@ -62,6 +62,10 @@ enum Command {
     Swap(swap::Args),
 }
 
+/// The gateway's allocator, so that the floor runs on the same stack.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

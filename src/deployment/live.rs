@@ -115,10 +115,10 @@ impl Member {
         };
         let mirror = mirrored.then(|| {
             let label = format!("{}@{}-mirror", model.name(), model.version());
-            let plan = ExecutionPlan::always_pool(
-                model.runner.plan().single_row_us,
-                model.runner.plan().per_row_us,
-            );
+            let serving = model.runner.plan();
+            // The mirrored copies batch as the model's own requests do.
+            let plan = ExecutionPlan::always_pool(serving.single_row_us, serving.per_row_us)
+                .with_batching(serving.batch_max_rows);
             Runner::start_workers(&label, Arc::clone(model.model()), plan, capacity, workers)
         });
         Member {
@@ -143,8 +143,8 @@ pub struct LiveSet {
     /// `(mode, fraction)` of each challenger, for routing.
     pub routes: Vec<(ChallengerMode, f64)>,
     pub routing: RoutingConfig,
-    /// Drift sampling rate, `None` when drift monitoring is off.
-    pub drift_rate: Option<f64>,
+    /// Which requests feed drift monitoring; `None` when it is off.
+    pub drift: Option<crate::drift::monitor::Sampling>,
 }
 
 /// Whether a challenger can take the champion's requests: the same inputs

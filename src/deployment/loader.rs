@@ -113,8 +113,25 @@ pub fn load_model(
             inline_max_rows: settings.max_batch_size,
             single_row_us,
             per_row_us,
+            batch_max_rows: 0,
+            inline_when_idle: false,
         },
         Execution::Pool => ExecutionPlan::always_pool(single_row_us, per_row_us),
+    };
+    // Requests can share a run only when every tensor has a batch dimension.
+    let batchable = model
+        .inputs()
+        .iter()
+        .chain(model.outputs())
+        .all(TensorSpec::has_batch_dim);
+    let plan = if settings.dynamic_batching && batchable && settings.execution != Execution::Inline
+    {
+        ExecutionPlan {
+            inline_when_idle: settings.execution == Execution::Auto,
+            ..plan.with_batching(settings.max_batch_size)
+        }
+    } else {
+        plan
     };
     let label = format!("{}@{}", entry.name, entry.version);
     let runner = Runner::start(&label, model, plan, settings.queue_capacity);

@@ -165,6 +165,45 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// Appends `other`'s elements; `false` (and nothing appended) when the
+    /// datatypes differ.
+    pub fn append(&mut self, other: TensorData) -> bool {
+        macro_rules! arms {
+            ($($v:ident),*) => {
+                match (self, other) {
+                    $((TensorData::$v(a), TensorData::$v(b)) => {
+                        a.extend(b);
+                        true
+                    })*
+                    _ => false,
+                }
+            };
+        }
+        arms!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes
+        )
+    }
+
+    /// Splits into consecutive pieces of `lens` elements each (their sum
+    /// must be [`TensorData::len`]).
+    pub fn split(self, lens: &[usize]) -> Vec<TensorData> {
+        macro_rules! arms {
+            ($($v:ident),*) => {
+                match self {
+                    $(TensorData::$v(a) => {
+                        let mut it = a.into_iter();
+                        lens.iter()
+                            .map(|&n| TensorData::$v(it.by_ref().take(n).collect()))
+                            .collect()
+                    })*
+                }
+            };
+        }
+        arms!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes
+        )
+    }
+
     /// A zero-filled buffer of `len` elements (used for warm-up batches).
     pub fn zeros(datatype: DataType, len: usize) -> Option<TensorData> {
         Some(match datatype {

@@ -123,15 +123,17 @@ impl OnnxModel {
 
     /// Takes the first free session, starting at a rotating index; waits on
     /// one only when all are busy (for at most one inference).
+    /// The first free session, always trying them in the same order: at low
+    /// load every call runs on session 0, whose buffers are the ones most
+    /// likely still in the CPU caches; under load the others take the rest.
     fn session(&self) -> MutexGuard<'_, Session> {
-        let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        for i in 0..n {
-            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
+        for s in &self.sessions {
+            if let Ok(guard) = s.try_lock() {
                 return guard;
             }
         }
-        lock(&self.sessions[start])
+        let n = self.sessions.len();
+        lock(&self.sessions[self.next.fetch_add(1, Ordering::Relaxed) % n])
     }
 
     fn run(&self, session: &mut Session, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {

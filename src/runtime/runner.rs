@@ -3,9 +3,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use super::{Model, RuntimeError};
@@ -21,6 +22,13 @@ pub struct ExecutionPlan {
     pub single_row_us: f64,
     /// Measured marginal cost of one more row, in microseconds.
     pub per_row_us: f64,
+    /// Dynamic batching: a worker runs the requests waiting in its queue
+    /// together, up to this many rows in all. 0 = one request per run.
+    pub batch_max_rows: usize,
+    /// Inline only while the model is idle (nothing queued or running); under
+    /// load requests queue for the workers, which batch them. Set for
+    /// `execution = "auto"` with dynamic batching.
+    pub inline_when_idle: bool,
 }
 
 impl ExecutionPlan {
@@ -44,6 +52,8 @@ impl ExecutionPlan {
             inline_max_rows,
             single_row_us,
             per_row_us,
+            batch_max_rows: 0,
+            inline_when_idle: false,
         }
     }
 
@@ -52,7 +62,15 @@ impl ExecutionPlan {
             inline_max_rows: 0,
             single_row_us,
             per_row_us,
+            batch_max_rows: 0,
+            inline_when_idle: false,
         }
+    }
+
+    /// Turns on dynamic batching of up to `max_rows` rows per run.
+    pub fn with_batching(mut self, max_rows: usize) -> ExecutionPlan {
+        self.batch_max_rows = max_rows;
+        self
     }
 }
 
@@ -78,8 +96,26 @@ pub enum RunnerError {
 
 struct Job {
     inputs: Vec<Tensor>,
+    /// Rows (the first input's first dimension; 0 when it has none).
+    rows: usize,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
+}
+
+impl Job {
+    fn new(inputs: Vec<Tensor>, reply: oneshot::Sender<JobResult>) -> Job {
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .and_then(|&d| usize::try_from(d).ok())
+            .unwrap_or(0);
+        Job {
+            inputs,
+            rows,
+            enqueued: Instant::now(),
+            reply,
+        }
+    }
 }
 
 type JobResult = (Result<Vec<Tensor>, RuntimeError>, Duration, Duration);
@@ -91,6 +127,26 @@ pub struct Runner {
     plan: ExecutionPlan,
     queue: Sender<Job>,
     capacity: usize,
+    /// Requests queued for or running on the workers, plus inline runs in
+    /// progress: whether the model is idle.
+    busy: Arc<AtomicUsize>,
+    /// When a request last found the model busy (µs since `epoch`, 0: never).
+    contended_us: AtomicU64,
+    epoch: Instant,
+}
+
+/// After a request found the model busy, requests keep queueing (and
+/// batching) for this long even when the model is momentarily idle: under
+/// load, a mix of inline runs and batches is slower than batches alone.
+const CONTENDED_HOLD_US: u64 = 1_000;
+
+/// Decrements the busy count when dropped (also on panic or cancellation).
+struct BusyGuard<'a>(&'a AtomicUsize);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Runner {
@@ -117,20 +173,19 @@ impl Runner {
     ) -> Runner {
         let capacity = queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
+        let busy = Arc::new(AtomicUsize::new(0));
         for instance in 0..workers.max(1) {
+            let worker = Worker {
+                instance,
+                model: Arc::clone(&model),
+                batch_max_rows: plan.batch_max_rows,
+                busy: Arc::clone(&busy),
+                batches: crate::telemetry::dynamic_batch(label),
+            };
             let rx = rx.clone();
-            let model = Arc::clone(&model);
             std::thread::Builder::new()
                 .name(format!("infer-{instance}-{label}"))
-                .spawn(move || {
-                    // Exits when the Runner (the only sender) is dropped.
-                    while let Ok(job) = rx.recv() {
-                        let started = Instant::now();
-                        let queued = started - job.enqueued;
-                        let result = guarded(|| model.infer_on(instance, &job.inputs));
-                        let _ = job.reply.send((result, queued, started.elapsed()));
-                    }
-                })
+                .spawn(move || worker.run(&rx))
                 .expect("spawning an inference worker thread");
         }
         Runner {
@@ -139,6 +194,9 @@ impl Runner {
             plan,
             queue: tx,
             capacity,
+            busy,
+            contended_us: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -159,22 +217,47 @@ impl Runner {
     /// at once when the queue is full. Await the result with [`Pending::wait`].
     pub fn try_submit(&self, inputs: Vec<Tensor>) -> Result<Pending, RunnerError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            inputs,
-            enqueued: Instant::now(),
-            reply,
-        };
+        self.enqueue(Job::new(inputs, reply))?;
+        Ok(Pending {
+            rx,
+            label: self.label.clone(),
+        })
+    }
+
+    /// Puts a job on the workers' queue, counting it busy until a worker
+    /// has answered it.
+    fn enqueue(&self, job: Job) -> Result<(), RunnerError> {
+        self.busy.fetch_add(1, Ordering::AcqRel);
         match self.queue.try_send(job) {
-            Ok(()) => Ok(Pending {
-                rx,
-                label: self.label.clone(),
-            }),
-            Err(TrySendError::Full(_)) => Err(RunnerError::QueueFull {
-                model: self.label.clone(),
-                capacity: self.capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(RunnerError::Stopped(self.label.clone())),
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.busy.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    TrySendError::Full(_) => RunnerError::QueueFull {
+                        model: self.label.clone(),
+                        capacity: self.capacity,
+                    },
+                    TrySendError::Disconnected(_) => RunnerError::Stopped(self.label.clone()),
+                })
+            }
         }
+    }
+
+    /// Whether a batch of `rows` rows runs inline on the calling thread.
+    fn inline(&self, rows: usize) -> bool {
+        if rows > self.plan.inline_max_rows {
+            return false;
+        }
+        if !self.plan.inline_when_idle {
+            return true;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if self.busy.load(Ordering::Acquire) > 0 {
+            self.contended_us.store(now.max(1), Ordering::Relaxed);
+            return false;
+        }
+        let last = self.contended_us.load(Ordering::Relaxed);
+        last == 0 || now.saturating_sub(last) > CONTENDED_HOLD_US
     }
 
     /// Runs one batch of `rows` rows. Inline when the plan says it is cheaper
@@ -185,9 +268,15 @@ impl Runner {
         inputs: Vec<Tensor>,
         rows: usize,
     ) -> Result<(Vec<Tensor>, Timings), RunnerError> {
-        if rows <= self.plan.inline_max_rows {
+        if self.inline(rows) {
             let started = Instant::now();
-            let outputs = guarded(|| self.model.infer(&inputs))?;
+            let outputs = if self.plan.inline_when_idle {
+                self.busy.fetch_add(1, Ordering::AcqRel);
+                let _busy = BusyGuard(&self.busy);
+                guarded(|| self.model.infer(&inputs))?
+            } else {
+                guarded(|| self.model.infer(&inputs))?
+            };
             let timings = Timings {
                 infer: started.elapsed(),
                 ..Timings::default()
@@ -195,23 +284,7 @@ impl Runner {
             return Ok((outputs, timings));
         }
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            inputs,
-            enqueued: Instant::now(),
-            reply,
-        };
-        match self.queue.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(RunnerError::QueueFull {
-                    model: self.label.clone(),
-                    capacity: self.capacity,
-                });
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(RunnerError::Stopped(self.label.clone()));
-            }
-        }
+        self.enqueue(Job::new(inputs, reply))?;
         let (result, queue, infer) = rx
             .await
             .map_err(|_| RunnerError::Stopped(self.label.clone()))?;
@@ -249,6 +322,148 @@ impl Pending {
     }
 }
 
+/// One worker thread: takes a job, and with dynamic batching every job
+/// already waiting behind it that fits, and runs them as one batch.
+struct Worker {
+    instance: usize,
+    model: Arc<dyn Model>,
+    batch_max_rows: usize,
+    busy: Arc<AtomicUsize>,
+    /// Requests per batch run (batches of more than one).
+    batches: metrics::Histogram,
+}
+
+impl Worker {
+    /// Serves the queue until the Runner (the only sender) is dropped.
+    fn run(self, rx: &Receiver<Job>) {
+        let mut next: Option<Job> = None;
+        while let Some(group) = self.next_group(rx, &mut next) {
+            self.run_group(group);
+        }
+    }
+
+    /// The next job (`held` first, else waiting for one) and, with dynamic
+    /// batching, the jobs queued behind it that fit into the same batch. A
+    /// job that does not fit is kept in `held` for the next group. `None`
+    /// once the queue is closed and empty.
+    fn next_group(&self, rx: &Receiver<Job>, held: &mut Option<Job>) -> Option<Vec<Job>> {
+        let first = held.take().or_else(|| rx.recv().ok())?;
+        let mut group = vec![first];
+        if self.batch_max_rows > 0 {
+            let mut rows = group[0].rows;
+            // Only what is already waiting: batching never delays a request.
+            while rows < self.batch_max_rows {
+                let Ok(job) = rx.try_recv() else { break };
+                if rows + job.rows <= self.batch_max_rows && batchable(&group[0], &job) {
+                    rows += job.rows;
+                    group.push(job);
+                } else {
+                    *held = Some(job);
+                    break;
+                }
+            }
+        }
+        Some(group)
+    }
+
+    fn run_group(&self, mut group: Vec<Job>) {
+        let started = Instant::now();
+        if group.len() == 1 {
+            let job = group.pop().expect("one job");
+            let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
+            self.answer(job, result, started);
+            return;
+        }
+        self.batches.record(group.len() as f64);
+        let rows: Vec<usize> = group.iter().map(|j| j.rows).collect();
+        let inputs = combine(group.iter_mut().map(|j| std::mem::take(&mut j.inputs)));
+        let outputs = guarded(|| self.model.infer_on(self.instance, &inputs))
+            .ok()
+            .and_then(|outputs| split(outputs, &rows));
+        match outputs {
+            Some(parts) => {
+                for (job, outputs) in group.into_iter().zip(parts) {
+                    self.answer(job, Ok(outputs), started);
+                }
+            }
+            None => {
+                // The batch failed (or its outputs do not split by rows): run
+                // each request alone, so each gets its own answer or error.
+                let parts = split(inputs, &rows).expect("inputs combined by rows split back");
+                for (mut job, inputs) in group.into_iter().zip(parts) {
+                    job.inputs = inputs;
+                    let started = Instant::now();
+                    let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
+                    self.answer(job, result, started);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, job: Job, result: Result<Vec<Tensor>, RuntimeError>, started: Instant) {
+        let queued = started.saturating_duration_since(job.enqueued);
+        let _ = job.reply.send((result, queued, started.elapsed()));
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether `job` can run in one batch with `first`: the same inputs, with
+/// the same datatypes and the same dimensions after the first.
+fn batchable(first: &Job, job: &Job) -> bool {
+    first.inputs.len() == job.inputs.len()
+        && first.inputs.iter().zip(&job.inputs).all(|(a, b)| {
+            a.name == b.name
+                && a.datatype() == b.datatype()
+                && a.shape.len() == b.shape.len()
+                && a.shape.get(1..) == b.shape.get(1..)
+                && a.shape.first().and_then(|&d| usize::try_from(d).ok()) == Some(first.rows)
+                && b.shape.first().and_then(|&d| usize::try_from(d).ok()) == Some(job.rows)
+        })
+}
+
+/// Concatenates the jobs' inputs (checked by [`batchable`]) along the first
+/// dimension.
+fn combine(mut jobs: impl Iterator<Item = Vec<Tensor>>) -> Vec<Tensor> {
+    let mut combined = jobs.next().unwrap_or_default();
+    for inputs in jobs {
+        for (c, t) in combined.iter_mut().zip(inputs) {
+            c.shape[0] += t.shape[0];
+            c.data.append(t.data);
+        }
+    }
+    combined
+}
+
+/// Splits every tensor along its first dimension into pieces of `rows`;
+/// `None` when a tensor's first dimension is not the rows' sum.
+fn split(tensors: Vec<Tensor>, rows: &[usize]) -> Option<Vec<Vec<Tensor>>> {
+    let total: usize = rows.iter().sum();
+    let mut parts: Vec<Vec<Tensor>> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(tensors.len()))
+        .collect();
+    for t in tensors {
+        if t.shape.first().and_then(|&d| usize::try_from(d).ok()) != Some(total) {
+            return None;
+        }
+        let per_row = t.data.len().checked_div(total).unwrap_or(0);
+        if per_row * total != t.data.len() {
+            return None;
+        }
+        let lens: Vec<usize> = rows.iter().map(|r| r * per_row).collect();
+        for ((part, data), &r) in parts.iter_mut().zip(t.data.split(&lens)).zip(rows) {
+            let mut shape = t.shape.clone();
+            shape[0] = r as i64;
+            part.push(Tensor {
+                name: t.name.clone(),
+                shape,
+                data,
+            });
+        }
+    }
+    Some(parts)
+}
+
 /// Runs `f`, turning a panic inside an engine into an error instead of
 /// taking down the thread that serves other requests.
 fn guarded<T>(f: impl FnOnce() -> Result<T, RuntimeError>) -> Result<T, RuntimeError> {
@@ -265,6 +480,188 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, RuntimeError>) -> Result<T, RuntimeE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::TensorData;
+
+    /// The held-out breast-cancer rows the example models were checked on.
+    fn holdout_rows() -> Vec<Vec<f32>> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/_data/breast_cancer_holdout.json"
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("held-out file"))
+                .expect("held-out JSON");
+        doc["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|x| x.as_f64().expect("number") as f32)
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn input(rows: &[Vec<f32>]) -> Vec<Tensor> {
+        let cols = rows[0].len();
+        vec![Tensor::new(
+            "input",
+            vec![rows.len() as i64, cols as i64],
+            TensorData::Fp32(rows.concat()),
+        )]
+    }
+
+    /// The example model through the real engine (the set-up script's ONNX Runtime).
+    fn example_model(version: u32) -> Arc<dyn Model> {
+        super::super::onnx::init(&super::super::onnx::default_library_path())
+            .expect("ONNX Runtime (make setup)");
+        let path = format!(
+            "{}/models/breast_cancer/{version}/model.onnx",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let settings = super::super::EngineSettings {
+            instances: 1,
+            intra_op_threads: 1,
+        };
+        Arc::from(super::super::load(std::path::Path::new(&path), &settings).expect("model loads"))
+    }
+
+    fn worker(model: &Arc<dyn Model>, batch_max_rows: usize) -> Worker {
+        Worker {
+            instance: 0,
+            model: Arc::clone(model),
+            batch_max_rows,
+            busy: Arc::new(AtomicUsize::new(0)),
+            batches: crate::telemetry::dynamic_batch("test"),
+        }
+    }
+
+    /// Same names, shapes and labels; probabilities within 1e-6 (a batch
+    /// takes the engine's matrix-matrix kernel, a single row its
+    /// matrix-vector one, which round differently in the last float32 bits).
+    fn assert_same(got: &[Tensor], alone: &[Tensor], version: u32) {
+        assert_eq!(got.len(), alone.len());
+        for (g, a) in got.iter().zip(alone) {
+            assert_eq!((&g.name, &g.shape), (&a.name, &a.shape), "model v{version}");
+            match (&g.data, &a.data) {
+                (TensorData::Fp32(g), TensorData::Fp32(a)) => {
+                    for (x, y) in g.iter().zip(a) {
+                        assert!((x - y).abs() <= 1e-6, "model v{version}: {x} vs {y} alone");
+                    }
+                }
+                (g, a) => assert_eq!(g, a, "model v{version}"),
+            }
+        }
+    }
+
+    #[test]
+    fn queued_requests_run_as_one_batch_and_each_gets_its_own_answer() {
+        for version in [1, 2] {
+            let model = example_model(version);
+            let rows = holdout_rows();
+            // Requests of 1, 2, 3, 1, 2, 3, … rows over the held-out sample.
+            let mut requests = Vec::new();
+            let mut at = 0;
+            for n in [1, 2, 3].into_iter().cycle() {
+                if at + n > rows.len() {
+                    break;
+                }
+                requests.push(input(&rows[at..at + n]));
+                at += n;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(requests.len() + 1);
+            let mut answers = Vec::new();
+            for inputs in &requests {
+                let (reply, answer) = oneshot::channel();
+                tx.send(Job::new(inputs.clone(), reply)).expect("queued");
+                answers.push(answer);
+            }
+            drop(tx);
+            let w = worker(&model, 16);
+            let mut held = None;
+            let mut sizes = Vec::new();
+            while let Some(group) = w.next_group(&rx, &mut held) {
+                let group_rows: usize = group.iter().map(|j| j.rows).sum();
+                assert!(
+                    group_rows <= 16,
+                    "a batch of {group_rows} rows exceeds the cap"
+                );
+                sizes.push(group.len());
+                w.run_group(group);
+            }
+            // Everything was already queued: full batches of 8 requests
+            // (1+2+3+1+2+3+1+2 = 15 rows; the next 3-row request would pass 16).
+            assert_eq!(sizes[0], 8, "group sizes {sizes:?}");
+            assert_eq!(sizes.iter().sum::<usize>(), requests.len());
+            for (inputs, mut answer) in requests.iter().zip(answers) {
+                let (result, _, _) = answer.try_recv().expect("answered");
+                let got = result.expect("inference succeeds");
+                let alone = model.infer(inputs).expect("inference alone");
+                assert_same(&got, &alone, version);
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_of_another_shape_waits_for_the_next_batch() {
+        let model = example_model(1);
+        let rows = holdout_rows();
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let mut answers = Vec::new();
+        let short: Vec<Vec<f32>> = rows[..2].iter().map(|r| r[..29].to_vec()).collect();
+        for inputs in [
+            input(&rows[..1]),
+            input(&rows[1..3]),
+            input(&short),
+            input(&rows[3..4]),
+        ] {
+            let (reply, answer) = oneshot::channel();
+            tx.send(Job::new(inputs, reply)).expect("queued");
+            answers.push(answer);
+        }
+        drop(tx);
+        let w = worker(&model, 1024);
+        let mut held = None;
+        let mut sizes = Vec::new();
+        while let Some(group) = w.next_group(&rx, &mut held) {
+            sizes.push(group.len());
+            w.run_group(group);
+        }
+        // The 29-column request runs alone: it is not batched with the
+        // requests before it, nor with the one after it.
+        assert_eq!(sizes, vec![2, 1, 1]);
+        let results: Vec<_> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().expect("answered").0)
+            .collect();
+        assert!(results[0].is_ok() && results[1].is_ok() && results[3].is_ok());
+        // The engine refuses 29 columns; that error is this request's alone.
+        assert!(
+            matches!(results[2], Err(RuntimeError::InvalidInput(_))),
+            "{:?}",
+            results[2]
+        );
+    }
+
+    #[test]
+    fn split_refuses_outputs_without_the_batch_rows() {
+        let t = Tensor::new(
+            "p",
+            vec![3, 2],
+            TensorData::Fp32(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
+        );
+        let parts = split(vec![t.clone()], &[1, 2]).expect("splits by rows");
+        assert_eq!(parts[0][0].shape, vec![1, 2]);
+        assert_eq!(parts[1][0].data, TensorData::Fp32(vec![2.0, 3.0, 4.0, 5.0]));
+        // A first dimension that is not the rows' sum is not split.
+        assert!(split(vec![t], &[1, 1]).is_none());
+        let combined = combine(parts.into_iter());
+        assert_eq!(combined[0].shape, vec![3, 2]);
+        assert_eq!(combined[0].data.len(), 6);
+    }
 
     #[test]
     fn plan_fits_the_budget() {

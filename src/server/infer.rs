@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::v2::{REQUEST_ID_HEADER, resolve};
 use super::{AppState, body};
 use crate::deployment::{Deployment, LiveSet, LoadedModel, Member};
-use crate::drift::monitor::{DriftMonitor, Sample};
+use crate::drift::monitor::Sample;
 use crate::evaluation::prediction::Prediction;
 use crate::protocol::rest::{self, HEADER_CONTENT_LENGTH, InferResponse, RequestedOutput};
 use crate::protocol::validate::{bind_inputs, check_outputs};
@@ -201,8 +201,9 @@ async fn infer_deployment(
         .map(|&i| &live.challengers[i])
         .chain(route.champion_mirrored.then_some(champion));
     let sampled = live
-        .drift_rate
-        .is_some_and(|r| DriftMonitor::sampled(r, &id));
+        .drift
+        .as_ref()
+        .is_some_and(|d| d.sample(&id, p.rows, started));
     for member in mirrors {
         mirror(
             s,

@@ -228,6 +228,19 @@ pub struct Writer {
     /// Models whose outcomes grew since the last pruning.
     touched_outcomes: BTreeSet<(String, String, u64)>,
     last_sweep: Instant,
+    /// The connection's current `synchronous` setting (`open` sets FULL).
+    sync: Sync,
+    /// When the oldest prediction in `buffer` was taken from the queue.
+    oldest: Option<Instant>,
+}
+
+/// SQLite's `synchronous` setting: FULL for what is acknowledged as durable
+/// (labels, deployment changes, drift states), NORMAL for the prediction log
+/// (a crash may lose the last batch, never corrupt the database).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    Full,
+    Normal,
 }
 
 const BATCH: usize = 1024;
@@ -242,7 +255,13 @@ const FEEDBACK_GROUP: usize = 256;
 
 /// Rows written in one batch per (deployment, model, version, served).
 type BatchCount = (Arc<str>, Arc<str>, u64, bool, u64);
-const FLUSH_EVERY: Duration = Duration::from_millis(3);
+/// How often the queue is drained into the batch (a wait on the control
+/// queue, which wakes at once for labels and deployment changes).
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Longest a drained prediction waits for its batch to be committed. Fewer,
+/// bigger commits write each B-tree page fewer times: committing every 3 ms
+/// instead cost about 4 µs of CPU per logged row at 35k rows/s.
+const COMMIT_AFTER: Duration = Duration::from_millis(50);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl Writer {
@@ -262,7 +281,24 @@ impl Writer {
             buffer: Vec::with_capacity(BATCH),
             touched_outcomes: BTreeSet::new(),
             last_sweep: Instant::now(),
+            sync: Sync::Full,
+            oldest: None,
         }
+    }
+
+    /// Sets `synchronous` for the next transactions, when it changes.
+    fn synchronous(&mut self, mode: Sync) -> Result<(), StoreError> {
+        if self.sync != mode {
+            let value = match mode {
+                Sync::Full => "FULL",
+                Sync::Normal => "NORMAL",
+            };
+            self.conn
+                .pragma_update(None, "synchronous", value)
+                .map_err(sqlite_err(&self.path))?;
+            self.sync = mode;
+        }
+        Ok(())
     }
 
     /// Serves both queues until every sender is gone, then writes what is left.
@@ -323,7 +359,9 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.drain_all(&predictions);
-                    self.flush();
+                    if self.oldest.is_some_and(|t| t.elapsed() >= COMMIT_AFTER) {
+                        self.flush();
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -341,7 +379,12 @@ impl Writer {
     fn drain(&mut self, predictions: &Receiver<Vec<PredictionRecord>>) {
         while self.buffer.len() < BATCH {
             match predictions.try_recv() {
-                Ok(more) => self.buffer.extend(more),
+                Ok(more) => {
+                    if self.buffer.is_empty() {
+                        self.oldest = Some(Instant::now());
+                    }
+                    self.buffer.extend(more);
+                }
                 Err(_) => break,
             }
         }
@@ -456,10 +499,8 @@ impl Writer {
         state: &str,
         entry: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.synchronous(Sync::Full)?;
         let err = sqlite_err(&self.path);
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(&err)?;
         let tx = self.conn.transaction().map_err(&err)?;
         let now = now_ms();
         tx.execute(upsert, params![deployment, state, now])
@@ -480,6 +521,7 @@ impl Writer {
     }
 
     fn flush(&mut self) {
+        self.oldest = None;
         if self.buffer.is_empty() {
             return;
         }
@@ -497,10 +539,8 @@ impl Writer {
     }
 
     fn write_predictions(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+        self.synchronous(Sync::Normal)?;
         let err = sqlite_err(&self.path);
-        self.conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(&err)?;
         let tx = self.conn.transaction().map_err(&err)?;
         let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
         let mut served_rows: HashMap<String, u64> = HashMap::new();
@@ -716,10 +756,8 @@ impl Writer {
         &mut self,
         groups: Vec<FeedbackGroup>,
     ) -> Result<Vec<Vec<FeedbackResult>>, StoreError> {
+        self.synchronous(Sync::Full)?;
         let err = sqlite_err(&self.path);
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(&err)?;
         let retention_ms = self.settings.retention_ms;
         let now = now_ms();
         let tx = self.conn.transaction().map_err(&err)?;
@@ -903,10 +941,8 @@ impl Writer {
     }
 
     fn try_sweep(&mut self) -> Result<(), StoreError> {
+        self.synchronous(Sync::Normal)?;
         let err = sqlite_err(&self.path);
-        self.conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(&err)?;
         let tx = self.conn.transaction().map_err(&err)?;
         let cutoff = now_ms() - self.settings.retention_ms;
         let mut evicted = tx

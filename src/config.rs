@@ -443,6 +443,12 @@ pub struct ChallengerConfig {
     /// abandoned and counted as a timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Its workers run at the operating system's idle priority (Linux
+    /// `SCHED_IDLE`): they only use CPU time the champion's threads leave,
+    /// so under full load its queue fills and mirrored requests are dropped
+    /// (and counted) instead of slowing the champion. `false`: normal priority.
+    #[serde(default = "default_low_priority")]
+    pub low_priority: bool,
 }
 
 fn default_fraction() -> f64 {
@@ -456,6 +462,9 @@ fn default_challenger_queue() -> usize {
 }
 fn default_timeout_ms() -> u64 {
     1000
+}
+fn default_low_priority() -> bool {
+    true
 }
 
 impl ChallengerConfig {

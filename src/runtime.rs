@@ -48,7 +48,7 @@ pub mod torchscript;
 
 use std::path::Path;
 
-pub use runner::{ExecutionPlan, Pending, Runner, RunnerError, Timings};
+pub use runner::{Answer, ExecutionPlan, Runner, RunnerError, Timings, WorkerOptions};
 
 use crate::protocol::{Tensor, TensorSpec};
 

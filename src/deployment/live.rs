@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::LoadedModel;
 use crate::config::{ChallengerConfig, ChallengerMode, ModelRef, RoutingConfig};
 use crate::protocol::{TensorSpec, shape_string};
-use crate::runtime::{ExecutionPlan, Runner};
+use crate::runtime::{ExecutionPlan, Runner, WorkerOptions};
 use crate::store::Role;
 
 /// Operational counters of one model in one deployment (kept across live-set changes).
@@ -101,7 +101,7 @@ impl Member {
         mirrored: bool,
         stats: Arc<MemberStats>,
     ) -> Member {
-        let (role, workers, capacity, timeout_ms) = match &challenger {
+        let (role, workers, capacity, timeout_ms, low_priority) = match &challenger {
             Some(c) => (
                 match c.mode {
                     ChallengerMode::Shadow => Role::Shadow,
@@ -110,8 +110,11 @@ impl Member {
                 c.workers,
                 c.queue_capacity,
                 c.timeout_ms,
+                c.low_priority,
             ),
-            None => (Role::Champion, 1, 256, 10_000),
+            // The champion's own mirrored copies (evidence for a challenger
+            // that answers live traffic) are background work too.
+            None => (Role::Champion, 1, 256, 10_000, true),
         };
         let mirror = mirrored.then(|| {
             let label = format!("{}@{}-mirror", model.name(), model.version());
@@ -119,7 +122,14 @@ impl Member {
             // The mirrored copies batch as the model's own requests do.
             let plan = ExecutionPlan::always_pool(serving.single_row_us, serving.per_row_us)
                 .with_batching(serving.batch_max_rows);
-            Runner::start_workers(&label, Arc::clone(model.model()), plan, capacity, workers)
+            let options = WorkerOptions {
+                workers,
+                low_priority,
+                // A mirrored request past its timeout is counted as one
+                // without spending CPU on it.
+                expire_after: Some(std::time::Duration::from_millis(timeout_ms)),
+            };
+            Runner::start_workers(&label, Arc::clone(model.model()), plan, capacity, options)
         });
         Member {
             model,

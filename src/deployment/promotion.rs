@@ -500,6 +500,7 @@ fn shadow_of(r: &ModelRef) -> ChallengerConfig {
         workers: 1,
         queue_capacity: 64,
         timeout_ms: 1000,
+        low_priority: true,
     }
 }
 

@@ -99,11 +99,21 @@ struct Job {
     /// Rows (the first input's first dimension; 0 when it has none).
     rows: usize,
     enqueued: Instant,
-    reply: oneshot::Sender<JobResult>,
+    reply: Reply,
+}
+
+/// A request's outputs and timings, or why there are none.
+pub type Answer = Result<(Vec<Tensor>, Timings), RunnerError>;
+
+/// Where a job's result goes: a waiting request, or a function the worker
+/// thread calls (background work nobody awaits, such as mirrored requests).
+enum Reply {
+    Channel(oneshot::Sender<JobResult>),
+    Call(Box<dyn FnOnce(Answer) + Send>),
 }
 
 impl Job {
-    fn new(inputs: Vec<Tensor>, reply: oneshot::Sender<JobResult>) -> Job {
+    fn new(inputs: Vec<Tensor>, reply: Reply) -> Job {
         let rows = inputs
             .first()
             .and_then(|t| t.shape.first())
@@ -159,18 +169,27 @@ impl Runner {
         queue_capacity: usize,
     ) -> Runner {
         let workers = model.instances();
-        Runner::start_workers(label, model, plan, queue_capacity, workers)
+        let options = WorkerOptions {
+            workers,
+            low_priority: false,
+            expire_after: None,
+        };
+        Runner::start_workers(label, model, plan, queue_capacity, options)
     }
 
-    /// Starts `workers` worker threads (a compute cap) fed by a queue of
-    /// `queue_capacity` requests.
+    /// Starts worker threads fed by a queue of `queue_capacity` requests.
     pub fn start_workers(
         label: &str,
         model: Arc<dyn Model>,
         plan: ExecutionPlan,
         queue_capacity: usize,
-        workers: usize,
+        options: WorkerOptions,
     ) -> Runner {
+        let WorkerOptions {
+            workers,
+            low_priority,
+            expire_after,
+        } = options;
         let capacity = queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
         let busy = Arc::new(AtomicUsize::new(0));
@@ -181,11 +200,18 @@ impl Runner {
                 batch_max_rows: plan.batch_max_rows,
                 busy: Arc::clone(&busy),
                 batches: crate::telemetry::dynamic_batch(label),
+                expire_after,
             };
             let rx = rx.clone();
+            let name = format!("infer-{instance}-{label}");
             std::thread::Builder::new()
-                .name(format!("infer-{instance}-{label}"))
-                .spawn(move || worker.run(&rx))
+                .name(name.clone())
+                .spawn(move || {
+                    if low_priority {
+                        idle_priority(&name);
+                    }
+                    worker.run(&rx);
+                })
                 .expect("spawning an inference worker thread");
         }
         Runner {
@@ -213,34 +239,48 @@ impl Runner {
         self.queue.len()
     }
 
-    /// Queues one batch on the workers without waiting for a place: refused
-    /// at once when the queue is full. Await the result with [`Pending::wait`].
-    pub fn try_submit(&self, inputs: Vec<Tensor>) -> Result<Pending, RunnerError> {
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(Job::new(inputs, reply))?;
-        Ok(Pending {
-            rx,
-            label: self.label.clone(),
-        })
+    /// Queues one batch without waiting for a place (refused at once when
+    /// the queue is full); the worker thread that runs it calls `then` with
+    /// the result. Nothing on the caller's side waits: no task, no timer.
+    pub fn try_submit_then(
+        &self,
+        inputs: Vec<Tensor>,
+        then: impl FnOnce(Answer) + Send + 'static,
+    ) -> Result<(), RunnerError> {
+        self.enqueue(Job::new(inputs, Reply::Call(Box::new(then))))
+            .map_err(|e| self.refused(&e))
     }
 
     /// Puts a job on the workers' queue, counting it busy until a worker
     /// has answered it.
-    fn enqueue(&self, job: Job) -> Result<(), RunnerError> {
+    fn enqueue(&self, job: Job) -> Result<(), TrySendError<Job>> {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        match self.queue.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.busy.fetch_sub(1, Ordering::AcqRel);
-                Err(match e {
-                    TrySendError::Full(_) => RunnerError::QueueFull {
-                        model: self.label.clone(),
-                        capacity: self.capacity,
-                    },
-                    TrySendError::Disconnected(_) => RunnerError::Stopped(self.label.clone()),
-                })
-            }
+        self.queue.try_send(job).inspect_err(|_| {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    fn refused(&self, e: &TrySendError<Job>) -> RunnerError {
+        match e {
+            TrySendError::Full(_) => RunnerError::QueueFull {
+                model: self.label.clone(),
+                capacity: self.capacity,
+            },
+            TrySendError::Disconnected(_) => RunnerError::Stopped(self.label.clone()),
         }
+    }
+
+    /// Runs on the calling thread, counted busy while it runs.
+    fn run_inline(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Timings), RunnerError> {
+        let started = Instant::now();
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let _busy = BusyGuard(&self.busy);
+        let outputs = guarded(|| self.model.infer(inputs))?;
+        let timings = Timings {
+            infer: started.elapsed(),
+            ..Timings::default()
+        };
+        Ok((outputs, timings))
     }
 
     /// Whether a batch of `rows` rows runs inline on the calling thread.
@@ -269,48 +309,24 @@ impl Runner {
         rows: usize,
     ) -> Result<(Vec<Tensor>, Timings), RunnerError> {
         if self.inline(rows) {
-            let started = Instant::now();
-            let outputs = if self.plan.inline_when_idle {
-                self.busy.fetch_add(1, Ordering::AcqRel);
-                let _busy = BusyGuard(&self.busy);
-                guarded(|| self.model.infer(&inputs))?
-            } else {
-                guarded(|| self.model.infer(&inputs))?
-            };
-            let timings = Timings {
-                infer: started.elapsed(),
-                ..Timings::default()
-            };
-            return Ok((outputs, timings));
+            return self.run_inline(&inputs);
         }
         let (reply, rx) = oneshot::channel();
-        self.enqueue(Job::new(inputs, reply))?;
+        match self.enqueue(Job::new(inputs, Reply::Channel(reply))) {
+            Ok(()) => {}
+            // Under `auto`, a request small enough to run inline does so when
+            // the workers' queue is full instead of being refused: batching
+            // never makes a model refuse what inline execution would serve.
+            Err(TrySendError::Full(job))
+                if self.plan.inline_when_idle && rows <= self.plan.inline_max_rows =>
+            {
+                return self.run_inline(&job.inputs);
+            }
+            Err(e) => return Err(self.refused(&e)),
+        }
         let (result, queue, infer) = rx
             .await
             .map_err(|_| RunnerError::Stopped(self.label.clone()))?;
-        Ok((
-            result?,
-            Timings {
-                queue,
-                infer,
-                ..Timings::default()
-            },
-        ))
-    }
-}
-
-/// A batch queued by [`Runner::try_submit`].
-pub struct Pending {
-    rx: oneshot::Receiver<JobResult>,
-    label: String,
-}
-
-impl Pending {
-    pub async fn wait(self) -> Result<(Vec<Tensor>, Timings), RunnerError> {
-        let (result, queue, infer) = self
-            .rx
-            .await
-            .map_err(|_| RunnerError::Stopped(self.label))?;
         Ok((
             result?,
             Timings {
@@ -331,6 +347,19 @@ struct Worker {
     busy: Arc<AtomicUsize>,
     /// Requests per batch run (batches of more than one).
     batches: metrics::Histogram,
+    /// Jobs that waited longer than this are answered without running.
+    expire_after: Option<Duration>,
+}
+
+/// How many worker threads a runner starts, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    pub workers: usize,
+    /// At the operating system's idle priority (see [`idle_priority`]).
+    pub low_priority: bool,
+    /// A job that waited in the queue longer than this is answered with an
+    /// error instead of running (its answer would come too late to count).
+    pub expire_after: Option<Duration>,
 }
 
 impl Worker {
@@ -368,6 +397,24 @@ impl Worker {
 
     fn run_group(&self, mut group: Vec<Job>) {
         let started = Instant::now();
+        if let Some(limit) = self.expire_after {
+            let (stale, fresh): (Vec<Job>, Vec<Job>) = group
+                .into_iter()
+                .partition(|j| started.saturating_duration_since(j.enqueued) > limit);
+            for job in stale {
+                let waited = started.saturating_duration_since(job.enqueued);
+                let e = RuntimeError::Inference(format!(
+                    "not run: it waited {} ms in the queue, past its {} ms timeout",
+                    waited.as_millis(),
+                    limit.as_millis()
+                ));
+                self.answer(job, Err(e), started);
+            }
+            if fresh.is_empty() {
+                return;
+            }
+            group = fresh;
+        }
         if group.len() == 1 {
             let job = group.pop().expect("one job");
             let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
@@ -402,8 +449,47 @@ impl Worker {
 
     fn answer(&self, job: Job, result: Result<Vec<Tensor>, RuntimeError>, started: Instant) {
         let queued = started.saturating_duration_since(job.enqueued);
-        let _ = job.reply.send((result, queued, started.elapsed()));
+        let infer = started.elapsed();
         self.busy.fetch_sub(1, Ordering::AcqRel);
+        match job.reply {
+            Reply::Channel(tx) => {
+                let _ = tx.send((result, queued, infer));
+            }
+            Reply::Call(then) => {
+                let result = result.map(|outputs| {
+                    let timings = Timings {
+                        queue: queued,
+                        infer,
+                        ..Timings::default()
+                    };
+                    (outputs, timings)
+                });
+                // A panic in the caller's function must not end this worker.
+                if catch_unwind(AssertUnwindSafe(|| then(result.map_err(RunnerError::from))))
+                    .is_err()
+                {
+                    tracing::error!("a background inference callback panicked");
+                }
+            }
+        }
+    }
+}
+
+/// Moves the calling thread to the idle scheduling class (Linux
+/// `SCHED_IDLE`; elsewhere the lowest priority): it runs only when no
+/// normal thread wants the CPU.
+fn idle_priority(thread: &str) {
+    use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let result = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(thread_priority::NormalThreadSchedulePolicy::Idle),
+    );
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let result = thread_priority::set_current_thread_priority(ThreadPriority::Min);
+    if let Err(e) = result {
+        tracing::warn!(thread, error = ?e, "could not lower the thread's priority; it runs at normal priority");
     }
 }
 
@@ -536,6 +622,7 @@ mod tests {
             batch_max_rows,
             busy: Arc::new(AtomicUsize::new(0)),
             batches: crate::telemetry::dynamic_batch("test"),
+            expire_after: None,
         }
     }
 
@@ -576,7 +663,8 @@ mod tests {
             let mut answers = Vec::new();
             for inputs in &requests {
                 let (reply, answer) = oneshot::channel();
-                tx.send(Job::new(inputs.clone(), reply)).expect("queued");
+                tx.send(Job::new(inputs.clone(), Reply::Channel(reply)))
+                    .expect("queued");
                 answers.push(answer);
             }
             drop(tx);
@@ -619,7 +707,8 @@ mod tests {
             input(&rows[3..4]),
         ] {
             let (reply, answer) = oneshot::channel();
-            tx.send(Job::new(inputs, reply)).expect("queued");
+            tx.send(Job::new(inputs, Reply::Channel(reply)))
+                .expect("queued");
             answers.push(answer);
         }
         drop(tx);

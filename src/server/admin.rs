@@ -49,6 +49,7 @@ fn member_json(m: &Member) -> Value {
         v["workers"] = json!(c.workers);
         v["queue_capacity"] = json!(c.queue_capacity);
         v["timeout_ms"] = json!(c.timeout_ms);
+        v["low_priority"] = json!(c.low_priority);
     }
     v
 }

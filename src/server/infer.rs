@@ -264,7 +264,9 @@ async fn infer_deployment(
 }
 
 /// Hands a copy of the request to a member's own workers; never waits for
-/// a place in its queue, and the caller never waits for its answer.
+/// a place in its queue, and the caller never waits for its answer: the
+/// member's worker thread (at idle priority by default) records the answer
+/// itself, so a mirrored request costs the request path one queue push.
 #[allow(clippy::too_many_arguments)]
 fn mirror(
     s: &AppState,
@@ -281,71 +283,104 @@ fn mirror(
         return;
     };
     let stats = &member.stats;
-    let pending = match runner.try_submit(inputs) {
-        Ok(p) => p,
-        Err(RunnerError::QueueFull { .. }) => {
-            stats.dropped.fetch_add(1, Relaxed);
-            crate::telemetry::mirror_dropped(&d.name, member.model.name(), member.model.version());
-            return;
-        }
-        Err(_) => {
-            stats.errors.fetch_add(1, Relaxed);
-            return;
+    let done = {
+        let member = Arc::clone(member);
+        let gateway = Arc::clone(&s.gateway);
+        let deployment = Arc::clone(&d.name_arc);
+        let request_id = Arc::clone(request_id);
+        let segment = segment.clone();
+        let started = Instant::now();
+        move |result: crate::runtime::Answer| {
+            let answer = MirroredAnswer {
+                gateway: &gateway,
+                deployment: &deployment,
+                member: &member,
+                request_id: &request_id,
+                segment: &segment,
+                rows,
+                sampled,
+                started,
+            };
+            answer.record(result);
         }
     };
+    // Counted before it is queued, so that completed + errors + timeouts
+    // never exceeds mirrored.
     stats.mirrored.fetch_add(1, Relaxed);
-    let member = Arc::clone(member);
-    let gateway = Arc::clone(&s.gateway);
-    let deployment = Arc::clone(&d.name_arc);
-    let request_id = Arc::clone(request_id);
-    let segment = segment.clone();
-    let started = Instant::now();
-    tokio::spawn(async move {
-        match tokio::time::timeout(member.timeout, pending.wait()).await {
-            Err(_) => {
-                member.stats.timeouts.fetch_add(1, Relaxed);
-                crate::telemetry::mirror_failed(
-                    &deployment,
-                    member.model.name(),
-                    member.model.version(),
-                    "timeout",
-                );
-            }
-            Ok(Err(e)) => {
-                member.stats.errors.fetch_add(1, Relaxed);
-                crate::telemetry::mirror_failed(
-                    &deployment,
-                    member.model.name(),
-                    member.model.version(),
-                    "error",
-                );
-                tracing::debug!(model = %member.model.name(), error = %e, "mirrored request failed");
-            }
-            Ok(Ok((outputs, timings))) => {
-                member.stats.record_latency(timings.infer);
-                let predictions = member.model.reader.read(&outputs, rows);
-                let records = prediction_records(
-                    &deployment,
-                    &request_id,
-                    &member.model,
-                    member.role,
-                    false,
-                    &segment,
-                    &predictions,
-                    started.elapsed(),
-                    true,
-                );
-                gateway.store().log_predictions(records);
-                // Counted once its predictions are queued for the log.
-                member.stats.completed.fetch_add(1, Relaxed);
-                if sampled {
-                    gateway
-                        .drift()
-                        .push(drift_sample(&deployment, &member, None, predictions));
-                }
-            }
+    match runner.try_submit_then(inputs, done) {
+        Ok(()) => {}
+        Err(RunnerError::QueueFull { .. }) => {
+            stats.mirrored.fetch_sub(1, Relaxed);
+            stats.dropped.fetch_add(1, Relaxed);
+            crate::telemetry::mirror_dropped(&d.name, member.model.name(), member.model.version());
         }
-    });
+        Err(_) => {
+            stats.mirrored.fetch_sub(1, Relaxed);
+            stats.errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A mirrored request's answer, recorded on the member's worker thread.
+struct MirroredAnswer<'a> {
+    gateway: &'a Arc<crate::deployment::Gateway>,
+    deployment: &'a Arc<str>,
+    member: &'a Arc<Member>,
+    request_id: &'a Arc<str>,
+    segment: &'a Option<Arc<str>>,
+    rows: usize,
+    sampled: bool,
+    started: Instant,
+}
+
+impl MirroredAnswer<'_> {
+    fn record(self, result: crate::runtime::Answer) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let member = self.member;
+        let failed = |stats: &std::sync::atomic::AtomicU64, kind: &'static str| {
+            stats.fetch_add(1, Relaxed);
+            crate::telemetry::mirror_failed(
+                self.deployment,
+                member.model.name(),
+                member.model.version(),
+                kind,
+            );
+        };
+        // An answer later than the member's timeout is not used.
+        if self.started.elapsed() > member.timeout {
+            failed(&member.stats.timeouts, "timeout");
+            return;
+        }
+        let (outputs, timings) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                failed(&member.stats.errors, "error");
+                tracing::debug!(model = %member.model.name(), error = %e, "mirrored request failed");
+                return;
+            }
+        };
+        member.stats.record_latency(timings.infer);
+        let predictions = member.model.reader.read(&outputs, self.rows);
+        let records = prediction_records(
+            self.deployment,
+            self.request_id,
+            &member.model,
+            member.role,
+            false,
+            self.segment,
+            &predictions,
+            self.started.elapsed(),
+            true,
+        );
+        self.gateway.store().log_predictions(records);
+        // Counted once its predictions are queued for the log.
+        member.stats.completed.fetch_add(1, Relaxed);
+        if self.sampled {
+            self.gateway
+                .drift()
+                .push(drift_sample(self.deployment, member, None, predictions));
+        }
+    }
 }
 
 /// A drift sample: this member's predictions, and the request's input rows

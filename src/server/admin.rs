@@ -6,7 +6,7 @@
 //!   agreement with the champion, prediction-log counters
 //! - `POST /admin/deployments/{name}/challengers` — add a challenger
 //!   (`{"model", "version", "mode": "shadow"|"canary", "fraction", "workers",
-//!   "queue_capacity", "timeout_ms"}`); it is loaded, validated and warmed
+//!   "queue_capacity", "timeout_ms", "low_priority"}`); it is loaded, validated and warmed
 //!   before it takes traffic, and a failure changes nothing
 //! - `DELETE /admin/deployments/{name}/challengers/{model}/{version}`
 //! - `POST /admin/deployments/{name}/promote` — `{"model", "version"?, "by"?,

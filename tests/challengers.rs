@@ -692,3 +692,60 @@ timeout_ms = 60000
     );
     ts.stop().await;
 }
+
+/// Scheduling policy of every thread of this process (Linux: field 41 of
+/// `/proc/self/task/<tid>/stat`; 5 is `SCHED_IDLE`).
+#[cfg(target_os = "linux")]
+fn thread_policies() -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let dir = task.expect("a task entry").path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        // Fields after the name start at field 3.
+        if let Some(policy) = stat[close + 1..]
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|p| p.parse().ok())
+        {
+            out.push((name, policy));
+        }
+    }
+    out
+}
+
+/// A shadow challenger's workers run at the idle scheduling priority
+/// (`low_priority`, the default), so they only use CPU the champion leaves.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_workers_run_at_idle_priority() {
+    const SCHED_IDLE: u32 = 5;
+    let ts = TestServer::start_with("", &shadow(2)).await;
+    // A mirrored request has been answered, so the workers are running.
+    let rows = breast_cancer_features();
+    ts.infer_rows("breast_cancer", &rows[..4]).await;
+    ts.wait_deployment("breast_cancer", "the shadow answers", |d| {
+        challenger_of(d, "breast_cancer", 2).is_some_and(|c| c["stats"]["completed"] == 4)
+    })
+    .await;
+    let policies = thread_policies();
+    assert!(
+        policies
+            .iter()
+            .any(|(name, p)| name.starts_with("infer-") && *p == SCHED_IDLE),
+        "no inference worker at SCHED_IDLE: {policies:?}"
+    );
+    // The request path (tokio workers) stays at normal priority.
+    assert!(
+        policies
+            .iter()
+            .filter(|(name, _)| name.starts_with("tokio-runtime-w"))
+            .all(|(_, p)| *p == 0),
+        "{policies:?}"
+    );
+}

@@ -114,7 +114,10 @@ impl Sampling {
         {
             self.used.store(0, Ordering::Relaxed);
         }
-        self.used.fetch_add(rows as u64, Ordering::Relaxed) < self.max_rows_per_sec
+        // Read before adding: once the second's budget is spent, requests
+        // only read the shared counter (no cache-line ping-pong between cores).
+        self.used.load(Ordering::Relaxed) < self.max_rows_per_sec
+            && self.used.fetch_add(rows as u64, Ordering::Relaxed) < self.max_rows_per_sec
     }
 }
 
@@ -1060,6 +1063,35 @@ fn score_predictions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_admits_at_most_the_rows_of_each_second() {
+        let s = Sampling::new(1.0, 10);
+        let t0 = s.since;
+        // 3-row requests: admitted while fewer than 10 rows were taken.
+        let admitted = (0..20)
+            .filter(|i| s.sample(&format!("id-{i}"), 3, t0))
+            .count();
+        assert_eq!(
+            admitted, 4,
+            "0, 3, 6 and 9 rows taken before each admitted request"
+        );
+        // The next second has a fresh budget.
+        let t1 = t0 + Duration::from_millis(1_500);
+        assert!(s.sample("next", 3, t1));
+        // No cap: everything is sampled; a rate of 0 samples nothing.
+        let all = Sampling::new(1.0, 0);
+        assert!((0..1000).all(|i| all.sample(&i.to_string(), 32, t0)));
+        let none = Sampling::new(0.0, 0);
+        assert!(!(0..1000).any(|i| none.sample(&i.to_string(), 1, t0)));
+        // A share of ids, decided by the id alone.
+        let half = Sampling::new(0.5, 0);
+        let n = (0..10_000)
+            .filter(|i| half.sample(&format!("r{i}"), 1, t0))
+            .count();
+        assert!((4_700..=5_300).contains(&n), "{n} of 10000 at rate 0.5");
+        assert_eq!(half.sample("same", 1, t0), half.sample("same", 1, t1));
+    }
 
     #[test]
     fn hysteresis_needs_consecutive_scorings() {

@@ -740,6 +740,16 @@ async fn shadow_workers_run_at_idle_priority() {
             .any(|(name, p)| name.starts_with("infer-") && *p == SCHED_IDLE),
         "no inference worker at SCHED_IDLE: {policies:?}"
     );
+    // The thread that records the shadows' answers (it feeds the prediction
+    // log, whose writer must never wait for an idle thread) is normal.
+    let recorders: Vec<_> = policies
+        .iter()
+        .filter(|(name, _)| name == "mirror-recorder")
+        .collect();
+    assert!(
+        !recorders.is_empty() && recorders.iter().all(|(_, p)| *p == 0),
+        "{policies:?}"
+    );
     // The request path (tokio workers) stays at normal priority.
     assert!(
         policies

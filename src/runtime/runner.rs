@@ -191,6 +191,11 @@ impl Runner {
             low_priority,
             expire_after,
         } = options;
+        if low_priority {
+            // Started from here, at normal priority: a thread inherits its
+            // creator's scheduling class, so an idle worker must not start it.
+            Recorder::global();
+        }
         let capacity = queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
         let busy = Arc::new(AtomicUsize::new(0));

@@ -154,8 +154,12 @@ async fn concurrent_requests_batched_together_each_get_their_own_rows() {
             }));
         }
     }
+    let mut sent = std::collections::BTreeMap::<u32, (u64, u64)>::new();
     for t in tasks {
         let (version, rows, status, resp) = t.await.expect("the request task completes");
+        let e = sent.entry(version).or_default();
+        e.0 += 1;
+        e.1 += rows.len() as u64;
         assert_eq!(status, 200, "{resp}");
         assert_eq!(resp["model_version"], version.to_string(), "{resp}");
         let e = expected("breast_cancer", version);
@@ -172,6 +176,20 @@ async fn concurrent_requests_batched_together_each_get_their_own_rows() {
             &probabilities,
             &format!("v{version} rows {rows:?}"),
         );
+    }
+    // Triton statistics: every row is an inference; a batch is one execution.
+    for (version, (requests, rows)) in sent {
+        let (status, stats) = s
+            .get_json(&format!(
+                "/v2/models/breast_cancer/versions/{version}/stats"
+            ))
+            .await;
+        assert_eq!(status, 200, "{stats}");
+        let m = &stats["model_stats"][0];
+        assert_eq!(m["inference_count"], rows, "{m}");
+        let executions = m["execution_count"].as_u64().expect("execution_count");
+        assert!((1..=requests).contains(&executions), "{m}");
+        assert_eq!(m["inference_stats"]["success"]["count"], requests, "{m}");
     }
     // The batch-size histogram is exported for every runner that batches.
     let metrics = reqwest::get(s.url("/metrics"))

@@ -84,7 +84,9 @@ impl ModelStats {
         self.last_inference_ms.store(now_ms(), Ordering::Relaxed);
         self.inference_count
             .fetch_add(rows as u64, Ordering::Relaxed);
-        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        if !t.shared_execution {
+            self.execution_count.fetch_add(1, Ordering::Relaxed);
+        }
         self.success.add(total);
         self.queue.add(t.queue);
         self.compute_input.add(t.decode);

@@ -83,6 +83,9 @@ pub struct Timings {
     pub queue: Duration,
     pub infer: Duration,
     pub encode: Duration,
+    /// Ran in a dynamic batch whose one engine execution is counted by the
+    /// batch's first request (Triton's `execution_count`).
+    pub shared_execution: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +132,7 @@ impl Job {
     }
 }
 
-type JobResult = (Result<Vec<Tensor>, RuntimeError>, Duration, Duration);
+type JobResult = (Result<Vec<Tensor>, RuntimeError>, Timings);
 
 /// Runs inference for one loaded model.
 pub struct Runner {
@@ -331,17 +334,10 @@ impl Runner {
             }
             Err(e) => return Err(self.refused(&e)),
         }
-        let (result, queue, infer) = rx
+        let (result, timings) = rx
             .await
             .map_err(|_| RunnerError::Stopped(self.label.clone()))?;
-        Ok((
-            result?,
-            Timings {
-                queue,
-                infer,
-                ..Timings::default()
-            },
-        ))
+        Ok((result?, timings))
     }
 }
 
@@ -505,7 +501,7 @@ impl Worker {
                     waited.as_millis(),
                     limit.as_millis()
                 ));
-                self.answer(job, Err(e), started);
+                self.answer(job, Err(e), started, false);
             }
             if fresh.is_empty() {
                 return;
@@ -515,7 +511,7 @@ impl Worker {
         if group.len() == 1 {
             let job = group.pop().expect("one job");
             let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
-            self.answer(job, result, started);
+            self.answer(job, result, started, false);
             return;
         }
         self.batches.record(group.len() as f64);
@@ -526,8 +522,8 @@ impl Worker {
             .and_then(|outputs| split(outputs, &rows));
         match outputs {
             Some(parts) => {
-                for (job, outputs) in group.into_iter().zip(parts) {
-                    self.answer(job, Ok(outputs), started);
+                for (i, (job, outputs)) in group.into_iter().zip(parts).enumerate() {
+                    self.answer(job, Ok(outputs), started, i > 0);
                 }
             }
             None => {
@@ -538,29 +534,32 @@ impl Worker {
                     job.inputs = inputs;
                     let started = Instant::now();
                     let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
-                    self.answer(job, result, started);
+                    self.answer(job, result, started, false);
                 }
             }
         }
     }
 
-    fn answer(&self, job: Job, result: Result<Vec<Tensor>, RuntimeError>, started: Instant) {
-        let queued = started.saturating_duration_since(job.enqueued);
-        let infer = started.elapsed();
+    fn answer(
+        &self,
+        job: Job,
+        result: Result<Vec<Tensor>, RuntimeError>,
+        started: Instant,
+        shared_execution: bool,
+    ) {
+        let timings = Timings {
+            queue: started.saturating_duration_since(job.enqueued),
+            infer: started.elapsed(),
+            shared_execution,
+            ..Timings::default()
+        };
         self.busy.fetch_sub(1, Ordering::AcqRel);
         match job.reply {
             Reply::Channel(tx) => {
-                let _ = tx.send((result, queued, infer));
+                let _ = tx.send((result, timings));
             }
             Reply::Call(then) => {
-                let result = result.map(|outputs| {
-                    let timings = Timings {
-                        queue: queued,
-                        infer,
-                        ..Timings::default()
-                    };
-                    (outputs, timings)
-                });
+                let result = result.map(|outputs| (outputs, timings));
                 let answer = result.map_err(RunnerError::from);
                 if self.low_priority {
                     // Never from an idle-priority thread: see `Recorder`.
@@ -783,12 +782,16 @@ mod tests {
             // (1+2+3+1+2+3+1+2 = 15 rows; the next 3-row request would pass 16).
             assert_eq!(sizes[0], 8, "group sizes {sizes:?}");
             assert_eq!(sizes.iter().sum::<usize>(), requests.len());
+            let mut executions = 0;
             for (inputs, mut answer) in requests.iter().zip(answers) {
-                let (result, _, _) = answer.try_recv().expect("answered");
+                let (result, timings) = answer.try_recv().expect("answered");
+                // One request per batch counts the engine execution.
+                executions += usize::from(!timings.shared_execution);
                 let got = result.expect("inference succeeds");
                 let alone = model.infer(inputs).expect("inference alone");
                 assert_same(&got, &alone, version);
             }
+            assert_eq!(executions, sizes.len(), "one execution per batch");
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod cli;
 mod cli_remote;
+pub mod clock;
 pub mod config;
 pub mod deployment;
 pub mod drift;

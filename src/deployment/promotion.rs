@@ -10,12 +10,13 @@
 //! champion against it and rolls back when it is significantly worse.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ChangeError, Deployment, Gateway, Previous};
+use crate::clock::now_ms;
 use crate::config::{ChallengerConfig, ChallengerMode, DeploymentConfig, ModelRef, PromotionMode};
 use crate::evaluation::ComparisonSnapshot;
 use crate::evaluation::sequential::Decision;
@@ -51,13 +52,6 @@ fn metric_name(m: crate::evaluation::metrics::MetricKind) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn key_of(r: &ModelRef) -> (String, u64) {

@@ -1,7 +1,7 @@
 //! Per-model-version counters for Triton's statistics extension.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -73,10 +73,7 @@ pub struct ModelStatsSnapshot {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(crate::clock::now_ms()).unwrap_or(0)
 }
 
 impl ModelStats {

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 
 use super::reference::{FeatureReference, PredictionReference, ReferenceStats};
 use super::stats::{self, Thresholds};
+use crate::clock::now_ms;
 use crate::config::DriftConfig;
 use crate::evaluation::prediction::Prediction;
 use crate::evaluation::{Evaluator, key_label};
@@ -280,13 +281,6 @@ pub struct DriftMonitor {
     tx: Sender<Sample>,
     reports: Arc<Mutex<HashMap<String, DriftReport>>>,
     dropped: Arc<AtomicU64>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl DriftMonitor {

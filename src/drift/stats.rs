@@ -527,33 +527,41 @@ pub fn wasserstein_normalised(reference: &[f64], live: &[f64], reference_std: f6
     if reference.iter().chain(live).any(|v| !v.is_finite()) {
         return None;
     }
-    let u = sorted(reference);
-    let v = sorted(live);
-    let (nu, nv) = (u.len() as f64, v.len() as f64);
-    // Walk the merged sorted values x₀ ≤ x₁ ≤ …; between xₖ and xₖ₊₁ both
-    // empirical CDFs are constant: (#u ≤ xₖ)/nu and (#v ≤ xₖ)/nv.
-    let (mut i, mut j) = (0usize, 0usize);
+    let (u, v) = (sorted(reference), sorted(live));
+    // Between two distinct values xₖ < xₖ₊₁ both empirical CDFs are
+    // constant at their value in xₖ.
     let mut sum = 0.0;
-    let mut prev: Option<f64> = None;
-    loop {
-        let next = match (u.get(i), v.get(j)) {
-            (Some(&a), Some(&b)) => a.min(b),
-            (Some(&a), None) => a,
-            (None, Some(&b)) => b,
-            (None, None) => break,
-        };
-        if let Some(x) = prev {
-            sum += ((i as f64 / nu) - (j as f64 / nv)).abs() * (next - x);
+    let mut prev: Option<(f64, f64)> = None;
+    for (x, fu, fv) in ecdf_steps(&u, &v) {
+        if let Some((px, gap)) = prev {
+            sum += gap * (x - px);
         }
-        while u.get(i).is_some_and(|&a| a <= next) {
-            i += 1;
-        }
-        while v.get(j).is_some_and(|&b| b <= next) {
-            j += 1;
-        }
-        prev = Some(next);
+        prev = Some((x, (fu - fv).abs()));
     }
     Some(sum / reference_std)
+}
+
+/// The distinct values of two sorted samples in increasing order, each with
+/// both empirical CDFs evaluated there (right-continuous):
+/// `(x, F_a(x), F_b(x))`.
+fn ecdf_steps<'a>(a: &'a [f64], b: &'a [f64]) -> impl Iterator<Item = (f64, f64, f64)> + 'a {
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let (mut i, mut j) = (0usize, 0usize);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) => x.min(y),
+            (Some(&x), None) => x,
+            (None, Some(&y)) => y,
+            (None, None) => return None,
+        };
+        while a.get(i).is_some_and(|&x| x <= next) {
+            i += 1;
+        }
+        while b.get(j).is_some_and(|&y| y <= next) {
+            j += 1;
+        }
+        Some((next, i as f64 / na, j as f64 / nb))
+    })
 }
 
 fn sorted(values: &[f64]) -> Vec<f64> {
@@ -598,26 +606,9 @@ pub fn ks_2samp(reference: &[f64], live: &[f64]) -> Option<(f64, f64)> {
     if reference.iter().chain(live).any(|v| v.is_nan()) {
         return None;
     }
-    let a = sorted(reference);
-    let b = sorted(live);
+    let (a, b) = (sorted(reference), sorted(live));
     let (n1, n2) = (a.len() as f64, b.len() as f64);
-    let (mut i, mut j) = (0usize, 0usize);
-    let mut d = 0.0f64;
-    loop {
-        let next = match (a.get(i), b.get(j)) {
-            (Some(&x), Some(&y)) => x.min(y),
-            (Some(&x), None) => x,
-            (None, Some(&y)) => y,
-            (None, None) => break,
-        };
-        while a.get(i).is_some_and(|&x| x <= next) {
-            i += 1;
-        }
-        while b.get(j).is_some_and(|&y| y <= next) {
-            j += 1;
-        }
-        d = d.max((i as f64 / n1 - j as f64 / n2).abs());
-    }
+    let d = ecdf_steps(&a, &b).fold(0.0f64, |d, (_, fa, fb)| d.max((fa - fb).abs()));
     let (m, n) = if n1 >= n2 { (n1, n2) } else { (n2, n1) };
     let en = (m * n / (m + n)).round_ties_even();
     if en < 1.0 {

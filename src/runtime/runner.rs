@@ -280,11 +280,14 @@ impl Runner {
         }
     }
 
-    /// Runs on the calling thread, counted busy while it runs.
+    /// Runs on the calling thread; counted busy while it runs when the plan
+    /// reads that count (`inline_when_idle`).
     fn run_inline(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Timings), RunnerError> {
         let started = Instant::now();
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        let _busy = BusyGuard(&self.busy);
+        let _busy = self.plan.inline_when_idle.then(|| {
+            self.busy.fetch_add(1, Ordering::AcqRel);
+            BusyGuard(&self.busy)
+        });
         let outputs = guarded(|| self.model.infer(inputs))?;
         let timings = Timings {
             infer: started.elapsed(),
@@ -490,7 +493,11 @@ impl Worker {
 
     fn run_group(&self, mut group: Vec<Job>) {
         let started = Instant::now();
-        if let Some(limit) = self.expire_after {
+        if let Some(limit) = self.expire_after.filter(|&limit| {
+            group
+                .iter()
+                .any(|j| started.saturating_duration_since(j.enqueued) > limit)
+        }) {
             let (stale, fresh): (Vec<Job>, Vec<Job>) = group
                 .into_iter()
                 .partition(|j| started.saturating_duration_since(j.enqueued) > limit);

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -436,10 +436,7 @@ fn prediction_records(
     if predictions.is_empty() {
         return Vec::new();
     }
-    let created_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let created_ms = crate::clock::now_ms();
     let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
     predictions
         .iter()

@@ -298,13 +298,18 @@ impl Runner {
 
     /// Whether a batch of `rows` rows runs inline on the calling thread.
     fn inline(&self, rows: usize) -> bool {
+        let now_us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.inline_at(rows, now_us)
+    }
+
+    /// [`Runner::inline`] at `now` (µs since `epoch`).
+    fn inline_at(&self, rows: usize, now: u64) -> bool {
         if rows > self.plan.inline_max_rows {
             return false;
         }
         if !self.plan.inline_when_idle {
             return true;
         }
-        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
         if self.busy.load(Ordering::Acquire) > 0 {
             self.contended_us.store(now.max(1), Ordering::Relaxed);
             return false;
@@ -842,6 +847,73 @@ mod tests {
             "{:?}",
             results[2]
         );
+    }
+
+    #[test]
+    fn auto_runs_inline_only_while_idle_and_not_just_after_contention() {
+        let model = example_model(1);
+        let plan = ExecutionPlan {
+            inline_when_idle: true,
+            ..ExecutionPlan::from_measurements(4.0, 0.1, 50.0, 1024).with_batching(1024)
+        };
+        let runner = Runner::start("test", model, plan, 8);
+        assert!(runner.inline_at(1, 10), "idle: inline");
+        assert!(!runner.inline_at(1000, 10), "too many rows for inline");
+        runner.busy.fetch_add(1, Ordering::AcqRel);
+        assert!(!runner.inline_at(1, 20), "busy: queued for batching");
+        runner.busy.fetch_sub(1, Ordering::AcqRel);
+        assert!(
+            !runner.inline_at(1, 20 + CONTENDED_HOLD_US),
+            "idle again, but within the hold"
+        );
+        assert!(
+            runner.inline_at(1, 21 + CONTENDED_HOLD_US),
+            "the hold is over"
+        );
+        // A pinned plan ignores the count.
+        let pinned = Runner::start(
+            "test-pinned",
+            example_model(1),
+            ExecutionPlan::from_measurements(4.0, 0.1, 50.0, 1024),
+            8,
+        );
+        pinned.busy.fetch_add(1, Ordering::AcqRel);
+        assert!(pinned.inline_at(1, 10));
+    }
+
+    #[test]
+    fn a_job_past_its_timeout_is_answered_without_running() {
+        let model = example_model(1);
+        let rows = holdout_rows();
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let mut answers = Vec::new();
+        for waited in [Duration::from_secs(5), Duration::ZERO] {
+            let (reply, answer) = oneshot::channel();
+            let mut job = Job::new(input(&rows[..1]), Reply::Channel(reply));
+            job.enqueued = Instant::now()
+                .checked_sub(waited)
+                .expect("an earlier instant");
+            tx.send(job).expect("queued");
+            answers.push(answer);
+        }
+        drop(tx);
+        let w = Worker {
+            expire_after: Some(Duration::from_secs(1)),
+            ..worker(&model, 16)
+        };
+        let mut held = None;
+        while let Some(group) = w.next_group(&rx, &mut held) {
+            w.run_group(group);
+        }
+        let mut results = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().expect("answered").0);
+        let stale = results.next().expect("the stale job's answer");
+        assert!(
+            matches!(&stale, Err(RuntimeError::Inference(m)) if m.contains("past its 1000 ms timeout")),
+            "{stale:?}"
+        );
+        assert!(results.next().expect("the fresh job's answer").is_ok());
     }
 
     #[test]

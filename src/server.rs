@@ -38,8 +38,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(
             "/v2/models/{name}/versions/{version}/infer",
             post(infer::infer_v),
-        )
-        .route_layer(from_fn_with_state(Arc::clone(&state), auth::inference));
+        );
+    // The token check wraps the routes only when a token is configured: the
+    // layer costs every request a boxed future even when it lets it through.
+    let inference = if state.gateway.config().server.inference_token.is_some() {
+        inference.route_layer(from_fn_with_state(Arc::clone(&state), auth::inference))
+    } else {
+        inference
+    };
     let admin = Router::new()
         .route("/admin/deployments", get(admin::list))
         .route("/admin/deployments/{name}", get(admin::detail))

@@ -236,10 +236,22 @@ impl Evaluator {
     }
 
     pub fn add_comparison(&self, deployment: &str, challenger: &ModelKey, agree: bool) {
+        self.add_comparisons(deployment, challenger, u64::from(agree), 1);
+    }
+
+    /// `compared` rows where the challenger and the champion both predicted,
+    /// `agreed` of them the same.
+    pub fn add_comparisons(
+        &self,
+        deployment: &str,
+        challenger: &ModelKey,
+        agreed: u64,
+        compared: u64,
+    ) {
         self.with(deployment, |d| {
             let m = d.models.entry(challenger.clone()).or_default();
-            m.compared += 1;
-            m.agree += u64::from(agree);
+            m.compared += compared;
+            m.agree += agreed;
         });
     }
 

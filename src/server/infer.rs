@@ -2,7 +2,6 @@
 //! request to its champion (or a canary), mirrors it to its challengers on
 //! their own capped workers, and logs every model's prediction.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -231,6 +230,7 @@ async fn infer_deployment(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     answering.stats.record_latency(timings.infer);
     let predictions = answering.model.reader.read(&outputs, p.rows);
+    let drift_predictions = sampled.then(|| predictions.clone());
     let records = prediction_records(
         &d.name_arc,
         &request_id,
@@ -238,12 +238,12 @@ async fn infer_deployment(
         answering.role,
         true,
         &segment,
-        &predictions,
+        predictions,
         started.elapsed(),
         !live.challengers.is_empty(),
     );
     s.gateway.store().log_predictions(records);
-    if sampled {
+    if let Some(predictions) = drift_predictions {
         s.gateway.drift().push(drift_sample(
             &d.name_arc,
             answering,
@@ -361,6 +361,7 @@ impl MirroredAnswer<'_> {
         };
         member.stats.record_latency(timings.infer);
         let predictions = member.model.reader.read(&outputs, self.rows);
+        let drift_predictions = self.sampled.then(|| predictions.clone());
         let records = prediction_records(
             self.deployment,
             self.request_id,
@@ -368,14 +369,14 @@ impl MirroredAnswer<'_> {
             member.role,
             false,
             self.segment,
-            &predictions,
+            predictions,
             self.started.elapsed(),
             true,
         );
         self.gateway.store().log_predictions(records);
         // Counted once its predictions are queued for the log.
         member.stats.completed.fetch_add(1, Relaxed);
-        if self.sampled {
+        if let Some(predictions) = drift_predictions {
             self.gateway
                 .drift()
                 .push(drift_sample(self.deployment, member, None, predictions));
@@ -429,7 +430,7 @@ fn prediction_records(
     role: Role,
     served: bool,
     segment: &Option<Arc<str>>,
-    predictions: &[Prediction],
+    predictions: Vec<Prediction>,
     latency: Duration,
     compare: bool,
 ) -> Vec<PredictionRecord> {
@@ -439,8 +440,7 @@ fn prediction_records(
     let created_ms = crate::clock::now_ms();
     let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
     predictions
-        .iter()
-        .cloned()
+        .into_iter()
         .enumerate()
         .map(|(row, prediction)| PredictionRecord {
             deployment: Arc::clone(deployment),
@@ -512,14 +512,19 @@ fn respond(
             );
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&response.id) {
-        h.insert(REQUEST_ID_HEADER, v);
+    // The id's own buffer becomes the header value (no copy); an id that is
+    // not a valid header value is left out of the headers, not the body.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(response.id.into_bytes())) {
+        h.insert(REQUEST_ID, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&server_timing(&timings)) {
-        h.insert("server-timing", v);
+    if let Ok(v) = HeaderValue::from_bytes(&server_timing(&timings)) {
+        h.insert(SERVER_TIMING, v);
     }
     resp
 }
+
+const REQUEST_ID: header::HeaderName = header::HeaderName::from_static(REQUEST_ID_HEADER);
+const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
 /// Keeps the requested outputs, in the order requested (all when none were named).
 fn select_outputs(outputs: Vec<Tensor>, requested: &[RequestedOutput]) -> Vec<Tensor> {
@@ -553,9 +558,11 @@ fn runner_error(model: &LoadedModel, e: RunnerError) -> ApiError {
     }
 }
 
-/// `Server-Timing` value, durations in milliseconds.
-fn server_timing(t: &Timings) -> String {
-    let mut s = String::with_capacity(80);
+/// `Server-Timing` value, durations in milliseconds with microsecond digits
+/// (`decode;dur=0.012, queue;dur=0.000, ...`), written without the
+/// formatting machinery: this runs on every response.
+fn server_timing(t: &Timings) -> Vec<u8> {
+    let mut s = Vec::with_capacity(96);
     for (name, d) in [
         ("decode", t.decode),
         ("queue", t.queue),
@@ -563,11 +570,54 @@ fn server_timing(t: &Timings) -> String {
         ("encode", t.encode),
     ] {
         if !s.is_empty() {
-            s.push_str(", ");
+            s.extend_from_slice(b", ");
         }
-        // Milliseconds with microsecond digits, formatted as integers (cheaper than floats).
+        s.extend_from_slice(name.as_bytes());
+        s.extend_from_slice(b";dur=");
         let us = d.as_micros();
-        let _ = write!(s, "{name};dur={}.{:03}", us / 1000, us % 1000);
+        push_decimal(&mut s, us / 1000);
+        let frac = us % 1000;
+        s.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
     }
     s
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(s: &mut Vec<u8>, mut n: u128) {
+    let mut digits = [0u8; 39];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_writes_milliseconds_with_microsecond_digits() {
+        let t = Timings {
+            decode: Duration::from_micros(12),
+            queue: Duration::ZERO,
+            infer: Duration::from_micros(1_234_567),
+            encode: Duration::from_nanos(999),
+            shared_execution: false,
+        };
+        assert_eq!(
+            String::from_utf8(server_timing(&t)).expect("ASCII"),
+            "decode;dur=0.012, queue;dur=0.000, infer;dur=1234.567, encode;dur=0.000"
+        );
+    }
 }

@@ -586,26 +586,32 @@ impl Writer {
         if self.buffer.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.buffer);
+        let mut batch = std::mem::take(&mut self.buffer);
         let started = Instant::now();
         let n = batch.len();
-        if let Err(e) = self.write_predictions(&batch) {
+        if let Err(e) = self.write_predictions(&mut batch) {
             tracing::error!(error = %e, rows = n, "writing predictions failed; they are lost");
             self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
             self.reload();
         }
         crate::telemetry::store_batch(n, started.elapsed());
+        batch.clear();
         self.buffer = batch;
-        self.buffer.clear();
     }
 
-    fn write_predictions(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+    /// Writes and empties `batch` in one transaction, counting each model's
+    /// predictions and each challenger's agreement with its champion.
+    fn write_predictions(&mut self, batch: &mut Vec<PredictionRecord>) -> Result<(), StoreError> {
         self.synchronous(Sync::Normal)?;
         let err = sqlite_err(&self.path);
         let tx = self.conn.transaction().map_err(&err)?;
         let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
         let mut served_rows: HashMap<String, u64> = HashMap::new();
         let mut counts: Vec<BatchCount> = Vec::new();
+        // (deployment, challenger, version) → (agreed, compared), applied to
+        // the evaluator once per batch.
+        let mut comparisons: HashMap<(Arc<str>, Arc<str>, u64), (u64, u64)> = HashMap::new();
+        let mut json = Vec::with_capacity(128);
         let mut inserted = 0u64;
         {
             let mut insert = tx
@@ -621,9 +627,10 @@ impl Writer {
                      WHERE deployment = ?1 AND request_id = ?2 AND row = ?3 AND NOT (model = ?4 AND version = ?5)",
                 )
                 .map_err(&err)?;
-            for r in batch {
-                let prediction =
-                    serde_json::to_string(&r.prediction).expect("predictions serialise");
+            for r in batch.drain(..) {
+                json.clear();
+                serde_json::to_writer(&mut json, &r.prediction).expect("predictions serialise");
+                let prediction = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
                 let changed = insert
                     .execute(params![
                         &*r.deployment,
@@ -660,7 +667,6 @@ impl Writer {
                 if !r.compare {
                     continue;
                 }
-                let key: ModelKey = (r.model.to_string(), r.version);
                 // Agreement between the champion and each challenger, counted
                 // once per pair: when the second of the two is written. The
                 // other models' predictions come from the recent ones kept in
@@ -712,25 +718,24 @@ impl Writer {
                     if *other.model == *r.model && other.version == r.version {
                         continue;
                     }
-                    let challenger = match (r.role, other.role) {
+                    let (model, version) = match (r.role, other.role) {
                         (Role::Champion, Role::Shadow | Role::Canary) => {
-                            (other.model.to_string(), other.version)
+                            (&other.model, other.version)
                         }
-                        (Role::Shadow | Role::Canary, Role::Champion) => key.clone(),
+                        (Role::Shadow | Role::Canary, Role::Champion) => (&r.model, r.version),
                         _ => continue,
                     };
-                    self.evaluator.add_comparison(
-                        &r.deployment,
-                        &challenger,
-                        r.prediction.agrees(&other.prediction),
-                    );
-                    touched.insert((r.deployment.to_string(), challenger));
+                    let pair = comparisons
+                        .entry((Arc::clone(&r.deployment), Arc::clone(model), version))
+                        .or_default();
+                    pair.0 += u64::from(r.prediction.agrees(&other.prediction));
+                    pair.1 += 1;
                 }
                 let mine = RecentPrediction {
-                    model: Arc::clone(&r.model),
+                    model: r.model,
                     version: r.version,
                     role: r.role,
-                    prediction: r.prediction.clone(),
+                    prediction: r.prediction,
                 };
                 match known {
                     Some(_) => self.recent.push(&recent_key, mine),
@@ -744,6 +749,12 @@ impl Writer {
                     }
                 }
             }
+        }
+        for ((deployment, model, version), (agreed, compared)) in comparisons {
+            let key: ModelKey = (model.to_string(), version);
+            self.evaluator
+                .add_comparisons(&deployment, &key, agreed, compared);
+            touched.insert((deployment.to_string(), key));
         }
         for (deployment, model, version, served, n) in &counts {
             let key: ModelKey = (model.to_string(), *version);
@@ -1178,9 +1189,9 @@ mod tests {
             Arc::new(StoreCounters::default()),
         );
         // In memory: the champion's row, then two shadows' (one agrees).
-        w.write_predictions(&[record("m", 1, Role::Champion, "a", 1)])
+        w.write_predictions(&mut vec![record("m", 1, Role::Champion, "a", 1)])
             .expect("written");
-        w.write_predictions(&[
+        w.write_predictions(&mut vec![
             record("m", 2, Role::Shadow, "a", 1),
             record("m", 3, Role::Shadow, "a", 0),
         ])
@@ -1188,22 +1199,31 @@ mod tests {
         assert_eq!(agreement(&evaluator, 2), (1, 1));
         assert_eq!(agreement(&evaluator, 3), (0, 1));
         // The same rows again change nothing.
-        w.write_predictions(&[record("m", 2, Role::Shadow, "a", 1)])
+        w.write_predictions(&mut vec![record("m", 2, Role::Shadow, "a", 1)])
             .expect("written");
         assert_eq!(agreement(&evaluator, 2), (1, 1));
         // From the log: the champion's row is no longer in memory.
-        w.write_predictions(&[record("m", 1, Role::Champion, "b", 0)])
+        w.write_predictions(&mut vec![record("m", 1, Role::Champion, "b", 0)])
             .expect("written");
         w.recent.clear();
-        w.write_predictions(&[record("m", 2, Role::Shadow, "b", 0)])
+        w.write_predictions(&mut vec![record("m", 2, Role::Shadow, "b", 0)])
             .expect("written");
         assert_eq!(agreement(&evaluator, 2), (2, 2));
         // A shadow answering before the champion: counted when the
         // champion's row comes.
-        w.write_predictions(&[record("m", 3, Role::Shadow, "c", 1)])
+        w.write_predictions(&mut vec![record("m", 3, Role::Shadow, "c", 1)])
             .expect("written");
-        w.write_predictions(&[record("m", 1, Role::Champion, "c", 1)])
+        w.write_predictions(&mut vec![record("m", 1, Role::Champion, "c", 1)])
             .expect("written");
         assert_eq!(agreement(&evaluator, 3), (1, 2));
+        // Several pairs in one batch are summed (one evaluator update).
+        w.write_predictions(&mut vec![
+            record("m", 1, Role::Champion, "d", 1),
+            record("m", 2, Role::Shadow, "d", 1),
+            record("m", 1, Role::Champion, "e", 0),
+            record("m", 2, Role::Shadow, "e", 1),
+        ])
+        .expect("written");
+        assert_eq!(agreement(&evaluator, 2), (3, 4));
     }
 }

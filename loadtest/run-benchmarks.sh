@@ -110,6 +110,26 @@ inprocess_run() { # rows threads round
     --json "$OUT/inprocess-b$rows-c$threads-r$round.json" || failed=1
 }
 
+# Low-load latency on one vCPU: on a VM, a wake-up that crosses vCPUs goes
+# through the hypervisor and can add tens of microseconds to a round trip
+# (the floor alone: ~35 µs on one vCPU, ~80 µs across two). So the 1-row,
+# concurrency-1 runs are repeated with the load generator and the server
+# under test pinned to the same vCPU (`taskset`), which measures what the
+# paths themselves cost; the unpinned runs stay in the table beside them.
+ALL_CPUS="0-$(($(nproc) - 1))"
+PIN_CPU=${PIN_CPU:-0}
+can_pin=$(command -v taskset >/dev/null && echo 1 || echo "")
+pinned_run() { # name port pid round: 1 row, concurrency 1, all on PIN_CPU
+  local name=$1 port=$2 pid=$3 round=$4
+  echo "== round $round: $name-1cpu, 1 row/request, concurrency 1, one vCPU"
+  taskset -a -p -c "$PIN_CPU" "$pid" >/dev/null
+  taskset -c "$PIN_CPU" "$LT" http --url "http://127.0.0.1:$port/v2/models/breast_cancer/infer" \
+    --body "$OUT/body-1.json" --rows 1 --concurrency 1 \
+    --duration "$DURATION" --warmup "$WARMUP" --threads "$LOADGEN_THREADS" \
+    --json "$OUT/$name-1cpu-b1-c1-r$round.json" || failed=1
+  taskset -a -p -c "$ALL_CPUS" "$pid" >/dev/null
+}
+
 for round in $(seq 1 "$ROUNDS"); do
   for rows in 1 32; do
     for conc in 32 1; do
@@ -122,7 +142,16 @@ for round in $(seq 1 "$ROUNDS"); do
       http_run floor "$FLOOR_PORT" "$rows" "$conc" "$round"
     done
   done
+  if [ -n "$can_pin" ]; then
+    pinned_run gateway "$GATEWAY_PORT" "${pids[1]}" "$round"
+    echo "== round $round: in-process-1cpu, 1 row/call, 1 thread, one vCPU"
+    taskset -c "$PIN_CPU" "$LT" inprocess --model "$MODEL" --body "$OUT/body-1.json" --threads 1 \
+      --duration "$DURATION" --warmup "$WARMUP" \
+      --json "$OUT/inprocess-1cpu-b1-c1-r$round.json" || failed=1
+    pinned_run floor "$FLOOR_PORT" "${pids[0]}" "$round"
+  fi
 done
+[ -n "$can_pin" ] || echo "taskset not found: the one-vCPU latency runs were skipped" >&2
 
 # Whether the gateways kept up with their prediction logs (a full queue drops records).
 if command -v curl >/dev/null; then

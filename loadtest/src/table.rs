@@ -137,6 +137,9 @@ fn main_table(out: &mut String, results: &Results, batches: &[usize]) {
         ("gateway", "gateway"),
         ("inprocess", "in-process (no HTTP)"),
         ("floor", "HTTP + JSON floor"),
+        ("gateway-1cpu", "gateway, one vCPU"),
+        ("inprocess-1cpu", "in-process, one vCPU"),
+        ("floor-1cpu", "floor, one vCPU"),
         ("gateway-ts", "gateway, TorchScript v4"),
         ("inprocess-ts", "in-process, TorchScript v4"),
     ];
@@ -172,8 +175,8 @@ fn main_table(out: &mut String, results: &Results, batches: &[usize]) {
 fn ratio_table(out: &mut String, results: &Results, batches: &[usize]) {
     let get = |path: &str, rows: usize, conc: usize| results.get(&(path.to_owned(), rows, conc));
     out.push_str(
-        "\n| rows/request | gateway ÷ floor throughput (c32) | gateway p50 − in-process p50 (c1) | gateway p50 − floor p50 (c1) |\n\
-         | ---: | ---: | ---: | ---: |\n",
+        "\n| rows/request | gateway ÷ floor throughput (c32) | gateway p50 − in-process p50 (c1) | gateway p50 − floor p50 (c1) | gateway p50 − in-process p50 (c1, one vCPU) | gateway p50 − floor p50 (c1, one vCPU) |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for &rows in batches {
         let ratio = paired(
@@ -191,12 +194,12 @@ fn ratio_table(out: &mut String, results: &Results, batches: &[usize]) {
             Some(s) => format!("{} %", spread(s, 0)),
             None => "—".into(),
         };
-        let gap = |base: &str| {
-            paired(get("gateway", rows, LOW), get(base, rows, LOW), |g, b| {
+        let gap = |gateway: &str, base: &str| {
+            paired(get(gateway, rows, LOW), get(base, rows, LOW), |g, b| {
                 g.latency_us.p50 as f64 - b.latency_us.p50 as f64
             })
         };
-        let vs_inprocess = match gap("inprocess") {
+        let target = |s: Option<(f64, f64, f64)>| match s {
             Some(s) if rows == 1 => format!(
                 "{} µs (target ≤ {LATENCY_TARGET_US:.0} µs: {})",
                 spread_signed(s),
@@ -205,9 +208,17 @@ fn ratio_table(out: &mut String, results: &Results, batches: &[usize]) {
             Some(s) => format!("{} µs", spread_signed(s)),
             None => "—".into(),
         };
-        let vs_floor =
-            gap("floor").map_or_else(|| "—".into(), |s| format!("{} µs", spread_signed(s)));
-        let _ = writeln!(out, "| {rows} | {ratio} | {vs_inprocess} | {vs_floor} |");
+        let plain = |s: Option<(f64, f64, f64)>| {
+            s.map_or_else(|| "—".into(), |s| format!("{} µs", spread_signed(s)))
+        };
+        let _ = writeln!(
+            out,
+            "| {rows} | {ratio} | {} | {} | {} | {} |",
+            target(gap("gateway", "inprocess")),
+            plain(gap("gateway", "floor")),
+            target(gap("gateway-1cpu", "inprocess-1cpu")),
+            plain(gap("gateway-1cpu", "floor-1cpu")),
+        );
     }
 }
 
@@ -358,6 +369,45 @@ mod tests {
             Some((("inprocess-ts".into(), 32, 32), 1))
         );
         assert_eq!(parse_name("notes"), None);
+    }
+
+    fn report(rps: f64, p50: u64) -> Report {
+        serde_json::from_value(serde_json::json!({
+            "setup": {"source": "http", "target": "t", "mode": "closed", "concurrency": 1,
+                      "rate": null, "max_in_flight": null, "rows": 1, "warmup_s": 1.0, "duration_s": 3.0},
+            "measured_s": 3.0, "requests": 1, "throughput_rps": rps,
+            "latency_us": {"p50": p50, "p90": p50, "p99": p50, "p999": p50, "max": p50, "mean": p50 as f64},
+            "errors": {}, "error_total": 0
+        }))
+        .expect("a report")
+    }
+
+    #[test]
+    fn targets_are_judged_per_round_unpinned_and_on_one_vcpu() {
+        let mut results = Results::new();
+        let mut put = |path: &str, conc: usize, rps: f64, p50: u64| {
+            results
+                .entry((path.to_owned(), 1, conc))
+                .or_default()
+                .insert(1, report(rps, p50));
+        };
+        put("gateway", 32, 42_000.0, 700);
+        put("floor", 32, 60_000.0, 400);
+        put("gateway", 1, 7_000.0, 125);
+        put("inprocess", 1, 250_000.0, 3);
+        put("floor", 1, 9_000.0, 85);
+        put("gateway-1cpu", 1, 14_000.0, 70);
+        put("inprocess-1cpu", 1, 250_000.0, 3);
+        put("floor-1cpu", 1, 27_000.0, 34);
+        let table = render(&results);
+        assert!(
+            table.contains("| 1 | 70 % (target ≥ 70 %: met) | +122 µs (target ≤ 100 µs: **not met**) | +40 µs | +67 µs (target ≤ 100 µs: met) | +36 µs |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 1 | 1 | gateway, one vCPU | 1 | 14000 |"),
+            "{table}"
+        );
     }
 
     #[test]

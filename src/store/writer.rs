@@ -243,6 +243,10 @@ struct RecentPrediction {
 /// (deployment, request id, row).
 type RecentKey = (Arc<str>, Arc<str>, u32);
 
+/// (deployment, challenger, version) of a batch's agreement counts:
+/// (agreed, compared).
+type PairKey = (Arc<str>, Arc<str>, u64);
+
 /// The predictions of the most recent request rows of deployments with
 /// challengers, so that agreement with the champion is counted without
 /// reading each row's other predictions back from the log. Bounded: the
@@ -608,9 +612,8 @@ impl Writer {
         let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
         let mut served_rows: HashMap<String, u64> = HashMap::new();
         let mut counts: Vec<BatchCount> = Vec::new();
-        // (deployment, challenger, version) → (agreed, compared), applied to
-        // the evaluator once per batch.
-        let mut comparisons: HashMap<(Arc<str>, Arc<str>, u64), (u64, u64)> = HashMap::new();
+        // Applied to the evaluator once per batch.
+        let mut comparisons: HashMap<PairKey, (u64, u64)> = HashMap::new();
         let mut json = Vec::with_capacity(128);
         let mut inserted = 0u64;
         {

@@ -208,6 +208,7 @@ impl Runner {
             (Queue::Channel(tx), Source::Channel(rx))
         };
         let busy = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::with_capacity(workers.max(1));
         for instance in 0..workers.max(1) {
             let worker = Worker {
                 instance,
@@ -220,7 +221,7 @@ impl Runner {
             };
             let source = source.clone();
             let name = format!("infer-{instance}-{label}");
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
                     if low_priority {
@@ -229,6 +230,10 @@ impl Runner {
                     worker.run(&source);
                 })
                 .expect("spawning an inference worker thread");
+            threads.push(handle.thread().clone());
+        }
+        if let Queue::Idle(q) = &queue {
+            let _ = q.workers.set(threads);
         }
         Runner {
             label: label.to_owned(),
@@ -254,7 +259,7 @@ impl Runner {
     pub fn queue_depth(&self) -> usize {
         match &self.queue {
             Queue::Channel(tx) => tx.len(),
-            Queue::Idle(q) => q.len.load(Ordering::Relaxed),
+            Queue::Idle(q) => q.len.load(Ordering::Relaxed).min(q.capacity),
         }
     }
 
@@ -658,126 +663,103 @@ const POLL_MAX: Duration = Duration::from_millis(5);
 /// Empty polls at `POLL_MAX` (~50 ms without work) before the worker sleeps
 /// on its queue until the next job.
 const POLLS_BEFORE_PARKING: u32 = 10;
-/// Attempts at the queue's lock before a mirrored copy is dropped.
-const PUSH_TRIES: usize = 64;
-
-/// The queue of idle-priority (mirror) workers: the request path must never
-/// wait for one of them.
+/// The queue of idle-priority (mirror) workers: the request path never
+/// waits for one of them.
 ///
 /// In a lock-free channel a sender that reaches the slot a receiver is
 /// still reading spins until that receiver finishes; a receiver at idle
-/// priority, preempted mid-read while the CPU is busy, would keep a tokio
-/// worker spinning for milliseconds (measured: champion p99 of 300 ms at
-/// 75 % load, whenever a shadow's queue was full). Here the request path
-/// only *tries* the lock, a few times: if an idle worker holds it, the
-/// mirrored copy is dropped and counted, never waited for. The worker holds
-/// the lock only to move jobs out.
+/// priority, preempted mid-read while the CPU is busy, kept a tokio worker
+/// spinning for milliseconds (measured: champion p99 of 300 ms at 75 % load,
+/// whenever a shadow's queue was full). This queue is a wait-free
+/// single-producer ring ([`rtrb`]): a push only reads how far the workers
+/// have got, so a worker preempted mid-read makes the queue look one job
+/// fuller, never makes the push wait. The request paths share the producer
+/// end under a mutex (normal-priority threads only); the workers share the
+/// consumer end under another.
 ///
 /// While traffic flows the workers poll (sleeping `POLL_FIRST` up to
 /// `POLL_MAX` between empty looks), so mirroring a request does not wake
 /// them either (a futex wake-up, often an inter-processor interrupt, per
 /// mirrored copy); a mirrored copy waits at most `POLL_MAX` longer, and
-/// nobody awaits its answer. After ~50 ms without work a worker sleeps on
-/// the queue, and the first copy that comes wakes it.
+/// nobody awaits its answer. After ~50 ms without work a worker parks, and
+/// the first copy that comes unparks it.
 struct IdleQueue {
-    state: Mutex<IdleState>,
-    ready: Condvar,
+    producer: Mutex<rtrb::Producer<Job>>,
+    /// The consumer end, and a job that did not fit into the last batch.
+    consumer: Mutex<(rtrb::Consumer<Job>, Option<Job>)>,
     capacity: usize,
-    /// Jobs waiting (read without the lock).
+    /// Jobs queued (pushed and not yet taken).
     len: AtomicUsize,
+    /// Workers parked (or about to park) on an empty queue.
+    parked: AtomicUsize,
+    /// The workers' threads, to unpark.
+    workers: OnceLock<Vec<std::thread::Thread>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
-#[derive(Default)]
-struct IdleState {
-    jobs: VecDeque<Job>,
-    /// Workers asleep on `ready`.
-    parked: usize,
-    closed: bool,
-}
+/// How long a parked worker sleeps before looking again, should a wake-up
+/// have been missed.
+const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl IdleQueue {
     fn new(capacity: usize) -> IdleQueue {
+        let capacity = capacity.max(1);
+        let (producer, consumer) = rtrb::RingBuffer::new(capacity);
         IdleQueue {
-            state: Mutex::new(IdleState::default()),
-            ready: Condvar::new(),
-            capacity: capacity.max(1),
+            producer: Mutex::new(producer),
+            consumer: Mutex::new((consumer, None)),
+            capacity,
             len: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
+            workers: OnceLock::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, IdleState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a job if the lock is free within a few tries and there is
-    /// room; never waits.
+    /// Queues a job if there is room; never waits for a worker.
     fn push(&self, job: Job) -> Result<(), TrySendError<Job>> {
-        let mut guard = None;
-        for _ in 0..PUSH_TRIES {
-            match self.state.try_lock() {
-                Ok(g) => guard = Some(g),
-                Err(std::sync::TryLockError::Poisoned(p)) => guard = Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    std::hint::spin_loop();
-                    continue;
-                }
-            }
-            break;
-        }
-        let Some(mut state) = guard else {
-            return Err(TrySendError::Full(job));
-        };
-        if state.closed {
+        if self.closed.load(Ordering::Acquire) {
             return Err(TrySendError::Disconnected(job));
         }
-        if state.jobs.len() >= self.capacity {
-            return Err(TrySendError::Full(job));
+        {
+            let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(rtrb::PushError::Full(job)) = producer.push(job) {
+                return Err(TrySendError::Full(job));
+            }
         }
-        state.jobs.push_back(job);
-        self.len.store(state.jobs.len(), Ordering::Relaxed);
-        let wake = state.parked > 0;
-        drop(state);
-        if wake {
-            self.ready.notify_one();
+        self.len.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) > 0 {
+            self.unpark();
         }
         Ok(())
     }
 
+    fn unpark(&self) {
+        for t in self.workers.get().into_iter().flatten() {
+            t.unpark();
+        }
+    }
+
     /// The next job and, with batching (`batch_max_rows` > 0), the queued
     /// jobs behind it that fit into one batch; a job that does not fit
-    /// stays first in the queue. `None` once the queue is closed and empty.
+    /// comes first next time. `None` once the queue is closed and empty.
     fn next_group(&self, batch_max_rows: usize) -> Option<Vec<Job>> {
         let mut sleep = POLL_FIRST;
         let mut empty_polls = 0;
         loop {
-            {
-                let mut state = self.lock();
-                if empty_polls >= POLLS_BEFORE_PARKING {
-                    while state.jobs.is_empty() && !state.closed {
-                        state.parked += 1;
-                        state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
-                        state.parked -= 1;
-                    }
-                    empty_polls = 0;
-                    sleep = POLL_FIRST;
+            if let Some(group) = self.take(batch_max_rows) {
+                return Some(group);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if empty_polls >= POLLS_BEFORE_PARKING {
+                self.parked.fetch_add(1, Ordering::SeqCst);
+                if self.len.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(PARK_TIMEOUT);
                 }
-                if let Some(first) = state.jobs.pop_front() {
-                    let mut rows = first.rows;
-                    let mut group = vec![first];
-                    while batch_max_rows > 0 && rows < batch_max_rows {
-                        let Some(job) = state.jobs.front() else { break };
-                        if rows + job.rows > batch_max_rows || !batchable(&group[0], job) {
-                            break;
-                        }
-                        rows += job.rows;
-                        group.extend(state.jobs.pop_front());
-                    }
-                    self.len.store(state.jobs.len(), Ordering::Relaxed);
-                    return Some(group);
-                }
-                if state.closed {
-                    return None;
-                }
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+                continue;
             }
             std::thread::sleep(sleep);
             if sleep == POLL_MAX {
@@ -787,10 +769,31 @@ impl IdleQueue {
         }
     }
 
+    /// Takes a group of jobs, if any is queued.
+    fn take(&self, batch_max_rows: usize) -> Option<Vec<Job>> {
+        let mut guard = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        let (consumer, held) = &mut *guard;
+        let first = held.take().or_else(|| consumer.pop().ok())?;
+        let mut rows = first.rows;
+        let mut group = vec![first];
+        while batch_max_rows > 0 && rows < batch_max_rows {
+            let Ok(job) = consumer.pop() else { break };
+            if rows + job.rows <= batch_max_rows && batchable(&group[0], &job) {
+                rows += job.rows;
+                group.push(job);
+            } else {
+                *held = Some(job);
+                break;
+            }
+        }
+        self.len.fetch_sub(group.len(), Ordering::SeqCst);
+        Some(group)
+    }
+
     /// No more jobs: the workers finish what is queued, then stop.
     fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_all();
+        self.closed.store(true, Ordering::SeqCst);
+        self.unpark();
     }
 }
 
@@ -1096,25 +1099,25 @@ mod tests {
         let rows = holdout_rows();
         let job = |n: usize| Job::new(input(&rows[..n]), Reply::Channel(oneshot::channel().0));
         let queue = Arc::new(IdleQueue::new(3));
-        // An idle worker holding the lock (preempted, say): the copy is
-        // dropped at once instead of waited for.
+        // A worker holding its end (preempted mid-read, say) does not hold up
+        // a push: the two ends share nothing a push waits for.
         {
-            let _held = queue.lock();
-            assert!(matches!(queue.push(job(1)), Err(TrySendError::Full(_))));
+            let _reading = queue.consumer.lock().expect("consumer end");
+            for n in [1, 2, 3] {
+                assert!(queue.push(job(n)).is_ok(), "room for {n}");
+            }
+            assert!(
+                matches!(queue.push(job(1)), Err(TrySendError::Full(_))),
+                "full"
+            );
         }
-        for n in [1, 2, 3] {
-            assert!(queue.push(job(n)).is_ok(), "room for {n}");
-        }
-        assert!(
-            matches!(queue.push(job(1)), Err(TrySendError::Full(_))),
-            "full"
-        );
-        // One batch of 1 + 2 rows; the 3-row job stays first for the next one.
+        // One batch of 1 + 2 rows; the 3-row job comes first next time.
         let sizes = |g: Vec<Job>| g.iter().map(|j| j.rows).collect::<Vec<_>>();
         assert_eq!(queue.next_group(4).map(sizes), Some(vec![1, 2]));
         assert_eq!(queue.next_group(4).map(sizes), Some(vec![3]));
-        // A worker that has gone to sleep on the empty queue is woken by the
-        // next job, and stops once the queue is closed and empty.
+        assert_eq!(queue.len.load(Ordering::SeqCst), 0);
+        // A worker parked on the empty queue is woken by the next job, and
+        // stops once the queue is closed and empty.
         let worker = {
             let queue = Arc::clone(&queue);
             std::thread::spawn(move || {
@@ -1125,11 +1128,12 @@ mod tests {
                 got
             })
         };
-        while queue.lock().parked == 0 {
+        let _ = queue.workers.set(vec![worker.thread().clone()]);
+        while queue.parked.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(queue.push(job(1)).is_ok());
-        while queue.len.load(Ordering::Relaxed) > 0 {
+        while queue.len.load(Ordering::SeqCst) > 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         queue.close();

@@ -656,13 +656,10 @@ impl Drop for Runner {
     }
 }
 
-/// Sleeps of an idle-priority worker whose queue is empty: the first, and
-/// the longest (each empty poll doubles the sleep up to it).
-const POLL_FIRST: Duration = Duration::from_micros(250);
-const POLL_MAX: Duration = Duration::from_millis(5);
-/// Empty polls at `POLL_MAX` (~50 ms without work) before the worker sleeps
-/// on its queue until the next job.
-const POLLS_BEFORE_PARKING: u32 = 10;
+/// How long an idle-priority worker keeps looking at its empty queue
+/// before it parks.
+const PARK_AFTER: Duration = Duration::from_millis(50);
+
 /// The queue of idle-priority (mirror) workers: the request path never
 /// waits for one of them.
 ///
@@ -677,12 +674,12 @@ const POLLS_BEFORE_PARKING: u32 = 10;
 /// end under a mutex (normal-priority threads only); the workers share the
 /// consumer end under another.
 ///
-/// While traffic flows the workers poll (sleeping `POLL_FIRST` up to
-/// `POLL_MAX` between empty looks), so mirroring a request does not wake
-/// them either (a futex wake-up, often an inter-processor interrupt, per
-/// mirrored copy); a mirrored copy waits at most `POLL_MAX` longer, and
-/// nobody awaits its answer. After ~50 ms without work a worker parks, and
-/// the first copy that comes unparks it.
+/// While traffic flows the workers keep looking at the queue, yielding the
+/// CPU between looks; at idle priority that uses only CPU time nothing else
+/// wants, and mirroring a request does not have to wake them (a futex
+/// wake-up, often an inter-processor interrupt, per mirrored copy). After
+/// `PARK_AFTER` without work a worker parks, and the first copy that comes
+/// unparks it.
 struct IdleQueue {
     producer: Mutex<rtrb::Producer<Job>>,
     /// The consumer end, and a job that did not fit into the last batch.
@@ -744,8 +741,7 @@ impl IdleQueue {
     /// jobs behind it that fit into one batch; a job that does not fit
     /// comes first next time. `None` once the queue is closed and empty.
     fn next_group(&self, batch_max_rows: usize) -> Option<Vec<Job>> {
-        let mut sleep = POLL_FIRST;
-        let mut empty_polls = 0;
+        let idle_since = Instant::now();
         loop {
             if let Some(group) = self.take(batch_max_rows) {
                 return Some(group);
@@ -753,19 +749,16 @@ impl IdleQueue {
             if self.closed.load(Ordering::Acquire) {
                 return None;
             }
-            if empty_polls >= POLLS_BEFORE_PARKING {
+            if idle_since.elapsed() >= PARK_AFTER {
                 self.parked.fetch_add(1, Ordering::SeqCst);
                 if self.len.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst) {
                     std::thread::park_timeout(PARK_TIMEOUT);
                 }
                 self.parked.fetch_sub(1, Ordering::SeqCst);
-                continue;
+            } else {
+                // At idle priority this runs only on a CPU nothing else wants.
+                std::thread::yield_now();
             }
-            std::thread::sleep(sleep);
-            if sleep == POLL_MAX {
-                empty_polls += 1;
-            }
-            sleep = (sleep * 2).min(POLL_MAX);
         }
     }
 

@@ -663,11 +663,12 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 /// The queue of idle-priority (mirror) workers: the request path never
 /// waits for one of them.
 ///
-/// In a lock-free channel a sender that reaches the slot a receiver is
-/// still reading spins until that receiver finishes; a receiver at idle
-/// priority, preempted mid-read while the CPU is busy, kept a tokio worker
-/// spinning for milliseconds (measured: champion p99 of 300 ms at 75 % load,
-/// whenever a shadow's queue was full). This queue is a wait-free
+/// In a lock-free channel (crossbeam's bounded one) a sender that reaches
+/// the slot a receiver is still reading spins until that receiver finishes:
+/// with a full queue, a receiver at idle priority preempted mid-read keeps a
+/// tokio worker spinning for as long as the CPU stays busy. (With that
+/// channel the slowest champion request at 75 % load took 380–430 ms; with
+/// this queue 100–160 ms, in the same benchmark.) This queue is a wait-free
 /// single-producer ring ([`rtrb`]): a push only reads how far the workers
 /// have got, so a worker preempted mid-read makes the queue look one job
 /// fuller, never makes the push wait. The request paths share the producer

@@ -666,9 +666,9 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 /// In a lock-free channel (crossbeam's bounded one) a sender that reaches
 /// the slot a receiver is still reading spins until that receiver finishes:
 /// with a full queue, a receiver at idle priority preempted mid-read keeps a
-/// tokio worker spinning for as long as the CPU stays busy. (In the
-/// three-shadow benchmark the slowest champion request of a run took
-/// 220–430 ms with that channel, 50–160 ms with this queue.) This queue is a wait-free
+/// tokio worker spinning for as long as the CPU stays busy (in the
+/// three-shadow benchmark the slowest champion request of a run reached
+/// 220–430 ms; BENCHMARKS.md has the runs since). This queue is a wait-free
 /// single-producer ring ([`rtrb`]): a push only reads how far the workers
 /// have got, so a worker preempted mid-read makes the queue look one job
 /// fuller, never makes the push wait. The request paths share the producer

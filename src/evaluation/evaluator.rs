@@ -235,10 +235,6 @@ impl Evaluator {
         });
     }
 
-    pub fn add_comparison(&self, deployment: &str, challenger: &ModelKey, agree: bool) {
-        self.add_comparisons(deployment, challenger, u64::from(agree), 1);
-    }
-
     /// `compared` rows where the challenger and the champion both predicted,
     /// `agreed` of them the same.
     pub fn add_comparisons(

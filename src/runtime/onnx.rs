@@ -121,11 +121,10 @@ impl OnnxModel {
         })
     }
 
-    /// Takes the first free session, starting at a rotating index; waits on
-    /// one only when all are busy (for at most one inference).
     /// The first free session, always trying them in the same order: at low
     /// load every call runs on session 0, whose buffers are the ones most
     /// likely still in the CPU caches; under load the others take the rest.
+    /// When all are busy it waits on one, in turn (for at most one inference).
     fn session(&self) -> MutexGuard<'_, Session> {
         for s in &self.sessions {
             if let Ok(guard) = s.try_lock() {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -259,7 +259,7 @@ impl Runner {
     pub fn queue_depth(&self) -> usize {
         match &self.queue {
             Queue::Channel(tx) => tx.len(),
-            Queue::Idle(q) => q.len.load(Ordering::Relaxed).min(q.capacity),
+            Queue::Idle(q) => q.len.load(Ordering::Relaxed),
         }
     }
 
@@ -526,22 +526,9 @@ impl Worker {
     /// once the queue is closed and empty.
     fn next_group(&self, rx: &Receiver<Job>, held: &mut Option<Job>) -> Option<Vec<Job>> {
         let first = held.take().or_else(|| rx.recv().ok())?;
-        let mut group = vec![first];
-        if self.batch_max_rows > 0 {
-            let mut rows = group[0].rows;
-            // Only what is already waiting: batching never delays a request.
-            while rows < self.batch_max_rows {
-                let Ok(job) = rx.try_recv() else { break };
-                if rows + job.rows <= self.batch_max_rows && batchable(&group[0], &job) {
-                    rows += job.rows;
-                    group.push(job);
-                } else {
-                    *held = Some(job);
-                    break;
-                }
-            }
-        }
-        Some(group)
+        Some(fill_group(first, self.batch_max_rows, held, || {
+            rx.try_recv().ok()
+        }))
     }
 
     fn run_group(&self, mut group: Vec<Job>) {
@@ -685,14 +672,13 @@ struct IdleQueue {
     producer: Mutex<rtrb::Producer<Job>>,
     /// The consumer end, and a job that did not fit into the last batch.
     consumer: Mutex<(rtrb::Consumer<Job>, Option<Job>)>,
-    capacity: usize,
     /// Jobs queued (pushed and not yet taken).
     len: AtomicUsize,
     /// Workers parked (or about to park) on an empty queue.
     parked: AtomicUsize,
     /// The workers' threads, to unpark.
     workers: OnceLock<Vec<std::thread::Thread>>,
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
 /// How long a parked worker sleeps before looking again, should a wake-up
@@ -701,16 +687,14 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl IdleQueue {
     fn new(capacity: usize) -> IdleQueue {
-        let capacity = capacity.max(1);
-        let (producer, consumer) = rtrb::RingBuffer::new(capacity);
+        let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1));
         IdleQueue {
             producer: Mutex::new(producer),
             consumer: Mutex::new((consumer, None)),
-            capacity,
             len: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             workers: OnceLock::new(),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -721,11 +705,18 @@ impl IdleQueue {
         }
         {
             let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+            if producer.is_full() {
+                return Err(TrySendError::Full(job));
+            }
+            // Counted before a worker can take it, so `len` never goes
+            // below zero; the push cannot fail: this is the only producer,
+            // and workers only make room.
+            self.len.fetch_add(1, Ordering::SeqCst);
             if let Err(rtrb::PushError::Full(job)) = producer.push(job) {
+                self.len.fetch_sub(1, Ordering::SeqCst);
                 return Err(TrySendError::Full(job));
             }
         }
-        self.len.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) > 0 {
             self.unpark();
         }
@@ -768,18 +759,7 @@ impl IdleQueue {
         let mut guard = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
         let (consumer, held) = &mut *guard;
         let first = held.take().or_else(|| consumer.pop().ok())?;
-        let mut rows = first.rows;
-        let mut group = vec![first];
-        while batch_max_rows > 0 && rows < batch_max_rows {
-            let Ok(job) = consumer.pop() else { break };
-            if rows + job.rows <= batch_max_rows && batchable(&group[0], &job) {
-                rows += job.rows;
-                group.push(job);
-            } else {
-                *held = Some(job);
-                break;
-            }
-        }
+        let group = fill_group(first, batch_max_rows, held, || consumer.pop().ok());
         self.len.fetch_sub(group.len(), Ordering::SeqCst);
         Some(group)
     }
@@ -807,6 +787,31 @@ fn idle_priority(thread: &str) {
     if let Err(e) = result {
         tracing::warn!(thread, error = ?e, "could not lower the thread's priority; it runs at normal priority");
     }
+}
+
+/// `first` and, with dynamic batching (`batch_max_rows` > 0), the jobs
+/// `next` has waiting that fit into one batch behind it: only what is
+/// already queued, so batching never delays a request. A job that does not
+/// fit goes to `held`, to start the next group.
+fn fill_group(
+    first: Job,
+    batch_max_rows: usize,
+    held: &mut Option<Job>,
+    mut next: impl FnMut() -> Option<Job>,
+) -> Vec<Job> {
+    let mut rows = first.rows;
+    let mut group = vec![first];
+    while batch_max_rows > 0 && rows < batch_max_rows {
+        let Some(job) = next() else { break };
+        if rows + job.rows <= batch_max_rows && batchable(&group[0], &job) {
+            rows += job.rows;
+            group.push(job);
+        } else {
+            *held = Some(job);
+            break;
+        }
+    }
+    group
 }
 
 /// Whether `job` can run in one batch with `first`: the same inputs, with
@@ -931,6 +936,36 @@ mod tests {
         Arc::from(super::super::load(std::path::Path::new(&path), &settings).expect("model loads"))
     }
 
+    /// Jobs for `inputs`, each with the receiver its result arrives on.
+    fn jobs(
+        inputs: impl IntoIterator<Item = Vec<Tensor>>,
+    ) -> (Vec<Job>, Vec<oneshot::Receiver<JobResult>>) {
+        inputs
+            .into_iter()
+            .map(|inputs| {
+                let (reply, answer) = oneshot::channel();
+                (Job::new(inputs, Reply::Channel(reply)), answer)
+            })
+            .unzip()
+    }
+
+    /// Queues `jobs` on a closed channel and lets `w` serve it to the end;
+    /// the rows of each job, group by group.
+    fn serve_all(w: &Worker, jobs: Vec<Job>) -> Vec<Vec<usize>> {
+        let (tx, rx) = crossbeam_channel::bounded(jobs.len().max(1));
+        for job in jobs {
+            assert!(tx.send(job).is_ok(), "queued");
+        }
+        drop(tx);
+        let mut held = None;
+        let mut groups = Vec::new();
+        while let Some(group) = w.next_group(&rx, &mut held) {
+            groups.push(group.iter().map(|j| j.rows).collect());
+            w.run_group(group);
+        }
+        groups
+    }
+
     fn worker(model: &Arc<dyn Model>, batch_max_rows: usize) -> Worker {
         Worker {
             instance: 0,
@@ -976,27 +1011,16 @@ mod tests {
                 requests.push(input(&rows[at..at + n]));
                 at += n;
             }
-            let (tx, rx) = crossbeam_channel::bounded(requests.len() + 1);
-            let mut answers = Vec::new();
-            for inputs in &requests {
-                let (reply, answer) = oneshot::channel();
-                tx.send(Job::new(inputs.clone(), Reply::Channel(reply)))
-                    .expect("queued");
-                answers.push(answer);
-            }
-            drop(tx);
-            let w = worker(&model, 16);
-            let mut held = None;
-            let mut sizes = Vec::new();
-            while let Some(group) = w.next_group(&rx, &mut held) {
-                let group_rows: usize = group.iter().map(|j| j.rows).sum();
+            let (queued, answers) = jobs(requests.iter().cloned());
+            let groups = serve_all(&worker(&model, 16), queued);
+            for group in &groups {
+                let group_rows: usize = group.iter().sum();
                 assert!(
                     group_rows <= 16,
                     "a batch of {group_rows} rows exceeds the cap"
                 );
-                sizes.push(group.len());
-                w.run_group(group);
             }
+            let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
             // Everything was already queued: full batches of 8 requests
             // (1+2+3+1+2+3+1+2 = 15 rows; the next 3-row request would pass 16).
             assert_eq!(sizes[0], 8, "group sizes {sizes:?}");
@@ -1018,28 +1042,15 @@ mod tests {
     fn a_request_of_another_shape_waits_for_the_next_batch() {
         let model = example_model(1);
         let rows = holdout_rows();
-        let (tx, rx) = crossbeam_channel::bounded(8);
-        let mut answers = Vec::new();
         let short: Vec<Vec<f32>> = rows[..2].iter().map(|r| r[..29].to_vec()).collect();
-        for inputs in [
+        let (queued, answers) = jobs([
             input(&rows[..1]),
             input(&rows[1..3]),
             input(&short),
             input(&rows[3..4]),
-        ] {
-            let (reply, answer) = oneshot::channel();
-            tx.send(Job::new(inputs, Reply::Channel(reply)))
-                .expect("queued");
-            answers.push(answer);
-        }
-        drop(tx);
-        let w = worker(&model, 1024);
-        let mut held = None;
-        let mut sizes = Vec::new();
-        while let Some(group) = w.next_group(&rx, &mut held) {
-            sizes.push(group.len());
-            w.run_group(group);
-        }
+        ]);
+        let groups = serve_all(&worker(&model, 1024), queued);
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
         // The 29-column request runs alone: it is not batched with the
         // requests before it, nor with the one after it.
         assert_eq!(sizes, vec![2, 1, 1]);
@@ -1142,26 +1153,20 @@ mod tests {
     fn a_job_past_its_timeout_is_answered_without_running() {
         let model = example_model(1);
         let rows = holdout_rows();
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let mut answers = Vec::new();
-        for waited in [Duration::from_secs(5), Duration::ZERO] {
-            let (reply, answer) = oneshot::channel();
-            let mut job = Job::new(input(&rows[..1]), Reply::Channel(reply));
+        let (mut queued, answers) = jobs([input(&rows[..1]), input(&rows[..1])]);
+        for (job, waited) in queued
+            .iter_mut()
+            .zip([Duration::from_secs(5), Duration::ZERO])
+        {
             job.enqueued = Instant::now()
                 .checked_sub(waited)
                 .expect("an earlier instant");
-            tx.send(job).expect("queued");
-            answers.push(answer);
         }
-        drop(tx);
         let w = Worker {
             expire_after: Some(Duration::from_secs(1)),
             ..worker(&model, 16)
         };
-        let mut held = None;
-        while let Some(group) = w.next_group(&rx, &mut held) {
-            w.run_group(group);
-        }
+        serve_all(&w, queued);
         let mut results = answers
             .into_iter()
             .map(|mut a| a.try_recv().expect("answered").0);

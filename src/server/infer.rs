@@ -512,15 +512,23 @@ fn respond(
             );
         }
     }
-    // The id's own buffer becomes the header value (no copy); an id that is
-    // not a valid header value is left out of the headers, not the body.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(response.id.into_bytes())) {
+    if let Some(v) = request_id_header(response.id) {
         h.insert(REQUEST_ID, v);
     }
     if let Ok(v) = HeaderValue::from_bytes(&server_timing(&timings)) {
         h.insert(SERVER_TIMING, v);
     }
     resp
+}
+
+/// The id as the `x-request-id` value, taking the id's own buffer (no
+/// copy). Only visible ASCII, as `HeaderValue::from_str` allows: any other
+/// id stays in the body and out of the headers.
+fn request_id_header(id: String) -> Option<HeaderValue> {
+    let visible = id.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+    visible
+        .then(|| HeaderValue::from_maybe_shared(bytes::Bytes::from(id.into_bytes())).ok())
+        .flatten()
 }
 
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static(REQUEST_ID_HEADER);
@@ -605,6 +613,15 @@ fn push_decimal(s: &mut Vec<u8>, mut n: u128) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_visible_ascii_ids_go_into_the_header() {
+        let v = request_id_header("order-42 \tA~".to_owned()).expect("a header value");
+        assert_eq!(v.as_bytes(), b"order-42 \tA~");
+        for id in ["commande-é", "line\nbreak", "del\u{7f}"] {
+            assert!(request_id_header(id.to_owned()).is_none(), "{id:?}");
+        }
+    }
 
     #[test]
     fn server_timing_writes_milliseconds_with_microsecond_digits() {

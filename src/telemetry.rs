@@ -233,9 +233,9 @@ pub fn dynamic_batch(runner: &str) -> Histogram {
     histogram!(DYNAMIC_BATCH, "runner" => runner.to_owned())
 }
 
-pub fn mirror_dropped(deployment: &str, model: &str, version: u64) {
+/// The counter of one challenger's mirrored copies dropped (queue full).
+pub fn mirror_dropped(deployment: &str, model: &str, version: u64) -> Counter {
     counter!(MIRROR_DROPPED, "deployment" => deployment.to_owned(), "model" => model.to_owned(), "version" => version.to_string())
-        .increment(1);
 }
 
 pub fn mirror_failed(deployment: &str, model: &str, version: u64, error_type: &'static str) {

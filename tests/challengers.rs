@@ -373,6 +373,24 @@ timeout_ms = 60000
     );
     assert_eq!(s["errors"], 0, "{s}");
     assert_eq!(d["champion"]["stats"]["served"], sent, "{}", d["champion"]);
+    // Prometheus counts the same drops.
+    let metrics = reqwest::get(ts.url("/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    let exported: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("contender_mirror_dropped_total{")
+                && l.contains(r#"model="breast_cancer""#)
+                && l.contains(r#"version="2""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mirror drop counter for v2 in:\n{metrics}"));
+    assert_eq!(exported, s["dropped"].as_u64().unwrap(), "{s}");
     ts.stop().await;
 }
 

@@ -92,6 +92,10 @@ pub struct Member {
     pub mirror: Option<Runner>,
     pub timeout: std::time::Duration,
     pub stats: Arc<MemberStats>,
+    /// The Prometheus counter of mirrored copies dropped (queue full),
+    /// looked up once: a drop must cost the request path no more than a
+    /// refused push.
+    pub mirror_dropped: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl Member {
@@ -138,6 +142,7 @@ impl Member {
             mirror,
             timeout: std::time::Duration::from_millis(timeout_ms),
             stats,
+            mirror_dropped: std::sync::OnceLock::new(),
         }
     }
 

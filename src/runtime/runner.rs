@@ -99,11 +99,40 @@ pub enum RunnerError {
 }
 
 struct Job {
-    inputs: Vec<Tensor>,
+    inputs: JobInputs,
     /// Rows (the first input's first dimension; 0 when it has none).
     rows: usize,
     enqueued: Instant,
     reply: Reply,
+}
+
+/// A job's inputs: its own, or a copy shared with other models' jobs (a
+/// request mirrored to several challengers is copied once).
+enum JobInputs {
+    Owned(Vec<Tensor>),
+    Shared(Arc<Vec<Tensor>>),
+}
+
+impl JobInputs {
+    /// The tensors, owned: taken (leaving none behind), or copied when
+    /// another job still shares them.
+    fn take(&mut self) -> Vec<Tensor> {
+        match std::mem::replace(self, JobInputs::Owned(Vec::new())) {
+            JobInputs::Owned(v) => v,
+            JobInputs::Shared(shared) => Arc::unwrap_or_clone(shared),
+        }
+    }
+}
+
+impl std::ops::Deref for JobInputs {
+    type Target = [Tensor];
+
+    fn deref(&self) -> &[Tensor] {
+        match self {
+            JobInputs::Owned(v) => v,
+            JobInputs::Shared(v) => v,
+        }
+    }
 }
 
 /// A request's outputs and timings, or why there are none.
@@ -117,7 +146,7 @@ enum Reply {
 }
 
 impl Job {
-    fn new(inputs: Vec<Tensor>, reply: Reply) -> Job {
+    fn new(inputs: JobInputs, reply: Reply) -> Job {
         let rows = inputs
             .first()
             .and_then(|t| t.shape.first())
@@ -271,8 +300,33 @@ impl Runner {
         inputs: Vec<Tensor>,
         then: impl FnOnce(Answer) + Send + 'static,
     ) -> Result<(), RunnerError> {
-        self.enqueue(Job::new(inputs, Reply::Call(Box::new(then))))
-            .map_err(|e| self.refused(&e))
+        self.enqueue(Job::new(
+            JobInputs::Owned(inputs),
+            Reply::Call(Box::new(then)),
+        ))
+        .map_err(|e| self.refused(&e))
+    }
+
+    /// [`Runner::try_submit_then`] with inputs other jobs may share: a
+    /// worker copies them only if it has to combine them into a batch while
+    /// another job still holds them.
+    pub fn try_submit_shared_then(
+        &self,
+        inputs: Arc<Vec<Tensor>>,
+        then: impl FnOnce(Answer) + Send + 'static,
+    ) -> Result<(), RunnerError> {
+        self.enqueue(Job::new(
+            JobInputs::Shared(inputs),
+            Reply::Call(Box::new(then)),
+        ))
+        .map_err(|e| self.refused(&e))
+    }
+
+    /// Whether the workers' queue is full right now, so that a caller can
+    /// skip preparing a job that would be refused. A hint: the queue may
+    /// fill or drain just after.
+    pub fn is_full(&self) -> bool {
+        self.queue_depth() >= self.capacity
     }
 
     /// Puts a job on the workers' queue, counting it busy until a worker
@@ -348,7 +402,7 @@ impl Runner {
             return self.run_inline(&inputs);
         }
         let (reply, rx) = oneshot::channel();
-        match self.enqueue(Job::new(inputs, Reply::Channel(reply))) {
+        match self.enqueue(Job::new(JobInputs::Owned(inputs), Reply::Channel(reply))) {
             Ok(()) => {}
             // Under `auto`, a request small enough to run inline does so when
             // the workers' queue is full instead of being refused: batching
@@ -563,7 +617,7 @@ impl Worker {
         }
         self.batches.record(group.len() as f64);
         let rows: Vec<usize> = group.iter().map(|j| j.rows).collect();
-        let inputs = combine(group.iter_mut().map(|j| std::mem::take(&mut j.inputs)));
+        let inputs = combine(group.iter_mut().map(|j| j.inputs.take()));
         let outputs = guarded(|| self.model.infer_on(self.instance, &inputs))
             .ok()
             .and_then(|outputs| split(outputs, &rows));
@@ -578,7 +632,7 @@ impl Worker {
                 // each request alone, so each gets its own answer or error.
                 let parts = split(inputs, &rows).expect("inputs combined by rows split back");
                 for (mut job, inputs) in group.into_iter().zip(parts) {
-                    job.inputs = inputs;
+                    job.inputs = JobInputs::Owned(inputs);
                     let started = Instant::now();
                     let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
                     self.answer(job, result, started, false);
@@ -818,7 +872,7 @@ fn fill_group(
 /// the same datatypes and the same dimensions after the first.
 fn batchable(first: &Job, job: &Job) -> bool {
     first.inputs.len() == job.inputs.len()
-        && first.inputs.iter().zip(&job.inputs).all(|(a, b)| {
+        && first.inputs.iter().zip(job.inputs.iter()).all(|(a, b)| {
             a.name == b.name
                 && a.datatype() == b.datatype()
                 && a.shape.len() == b.shape.len()
@@ -944,7 +998,10 @@ mod tests {
             .into_iter()
             .map(|inputs| {
                 let (reply, answer) = oneshot::channel();
-                (Job::new(inputs, Reply::Channel(reply)), answer)
+                (
+                    Job::new(JobInputs::Owned(inputs), Reply::Channel(reply)),
+                    answer,
+                )
             })
             .unzip()
     }
@@ -1039,6 +1096,40 @@ mod tests {
     }
 
     #[test]
+    fn jobs_sharing_their_inputs_batch_and_keep_the_shared_copy_intact() {
+        // A mirrored request's copy is shared by every mirrored member's
+        // job: a worker batching one of them copies it out and leaves the
+        // shared tensors as they were for the others.
+        let model = example_model(1);
+        let rows = holdout_rows();
+        let requests: Vec<Arc<Vec<Tensor>>> = [&rows[0..1], &rows[1..3], &rows[3..4]]
+            .into_iter()
+            .map(|r| Arc::new(input(r)))
+            .collect();
+        let (queued, answers): (Vec<Job>, Vec<_>) = requests
+            .iter()
+            .map(|inputs| {
+                let (reply, answer) = oneshot::channel();
+                let job = Job::new(JobInputs::Shared(Arc::clone(inputs)), Reply::Channel(reply));
+                (job, answer)
+            })
+            .unzip();
+        assert_eq!(queued.iter().map(|j| j.rows).collect::<Vec<_>>(), [1, 2, 1]);
+        let groups = serve_all(&worker(&model, 16), queued);
+        assert_eq!(groups, [vec![1, 2, 1]], "one batch of the three jobs");
+        for (inputs, mut answer) in requests.iter().zip(answers) {
+            let (result, _) = answer.try_recv().expect("answered");
+            let alone = model.infer(inputs).expect("inference alone");
+            assert_same(&result.expect("inference succeeds"), &alone, 1);
+        }
+        // The shared copies still hold their own rows, unmerged.
+        for (inputs, want) in requests.iter().zip([1, 2, 1]) {
+            assert_eq!(inputs[0].shape[0], want);
+            assert_eq!(Arc::strong_count(inputs), 1, "the workers let go of it");
+        }
+    }
+
+    #[test]
     fn a_request_of_another_shape_waits_for_the_next_batch() {
         let model = example_model(1);
         let rows = holdout_rows();
@@ -1102,7 +1193,12 @@ mod tests {
     #[test]
     fn the_idle_queue_never_makes_the_request_path_wait() {
         let rows = holdout_rows();
-        let job = |n: usize| Job::new(input(&rows[..n]), Reply::Channel(oneshot::channel().0));
+        let job = |n: usize| {
+            Job::new(
+                JobInputs::Owned(input(&rows[..n])),
+                Reply::Channel(oneshot::channel().0),
+            )
+        };
         let queue = Arc::new(IdleQueue::new(3));
         // A worker holding its end (preempted mid-read, say) does not hold up
         // a push: the two ends share nothing a push waits for.

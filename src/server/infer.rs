@@ -19,7 +19,7 @@ use crate::evaluation::prediction::Prediction;
 use crate::protocol::rest::{self, HEADER_CONTENT_LENGTH, InferResponse, RequestedOutput};
 use crate::protocol::validate::{bind_inputs, check_outputs};
 use crate::protocol::{ApiError, Tensor, TensorData};
-use crate::runtime::{RunnerError, RuntimeError, Timings};
+use crate::runtime::{Runner, RunnerError, RuntimeError, Timings};
 use crate::store::{PredictionRecord, Role};
 use crate::traffic;
 
@@ -203,17 +203,30 @@ async fn infer_deployment(
         .drift
         .as_ref()
         .is_some_and(|d| d.sample(&id, p.rows, started));
+    // One copy of the inputs and of the request's context, made for the
+    // first member with room in its queue, serves every mirrored member.
+    let mut copy: Option<MirrorCopy> = None;
     for member in mirrors {
-        mirror(
-            s,
-            d,
-            member,
-            p.inputs.clone(),
-            p.rows,
-            &request_id,
-            &segment,
-            sampled,
-        );
+        let Some(runner) = &member.mirror else {
+            continue;
+        };
+        if runner.is_full() {
+            mirror_dropped(d, member);
+            continue;
+        }
+        let copy = copy.get_or_insert_with(|| MirrorCopy {
+            inputs: Arc::new(p.inputs.clone()),
+            request: Arc::new(MirroredRequest {
+                gateway: Arc::clone(&s.gateway),
+                deployment: Arc::clone(&d.name_arc),
+                request_id: Arc::clone(&request_id),
+                segment: segment.clone(),
+                rows: p.rows,
+                sampled,
+                started: Instant::now(),
+            }),
+        });
+        mirror(d, member, runner, copy);
     }
     let drift_rows = if sampled { input_rows(&p.inputs) } else { None };
     let (outputs, mut timings) = match answering.model.runner.run(p.inputs, p.rows).await {
@@ -263,56 +276,47 @@ async fn infer_deployment(
     )
 }
 
-/// Hands a copy of the request to a member's own workers; never waits for
-/// a place in its queue, and the caller never waits for its answer: the
+/// A request's copy for its mirrored members: the inputs and the context
+/// their answers are recorded with, shared by all of them.
+struct MirrorCopy {
+    inputs: Arc<Vec<Tensor>>,
+    request: Arc<MirroredRequest>,
+}
+
+/// Counts a mirrored copy dropped because the member's queue was full.
+fn mirror_dropped(d: &Deployment, member: &Member) {
+    member
+        .stats
+        .dropped
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    member
+        .mirror_dropped
+        .get_or_init(|| {
+            crate::telemetry::mirror_dropped(&d.name, member.model.name(), member.model.version())
+        })
+        .increment(1);
+}
+
+/// Hands the request's copy to a member's own workers; never waits for a
+/// place in its queue, and the caller never waits for its answer: the
 /// member's worker thread (at idle priority by default) records the answer
 /// itself, so a mirrored request costs the request path one queue push.
-#[allow(clippy::too_many_arguments)]
-fn mirror(
-    s: &AppState,
-    d: &Deployment,
-    member: &Arc<Member>,
-    inputs: Vec<Tensor>,
-    rows: usize,
-    request_id: &Arc<str>,
-    segment: &Option<Arc<str>>,
-    sampled: bool,
-) {
+fn mirror(d: &Deployment, member: &Arc<Member>, runner: &Runner, copy: &MirrorCopy) {
     use std::sync::atomic::Ordering::Relaxed;
-    let Some(runner) = &member.mirror else {
-        return;
-    };
     let stats = &member.stats;
     let done = {
         let member = Arc::clone(member);
-        let gateway = Arc::clone(&s.gateway);
-        let deployment = Arc::clone(&d.name_arc);
-        let request_id = Arc::clone(request_id);
-        let segment = segment.clone();
-        let started = Instant::now();
-        move |result: crate::runtime::Answer| {
-            let answer = MirroredAnswer {
-                gateway: &gateway,
-                deployment: &deployment,
-                member: &member,
-                request_id: &request_id,
-                segment: &segment,
-                rows,
-                sampled,
-                started,
-            };
-            answer.record(result);
-        }
+        let request = Arc::clone(&copy.request);
+        move |result: crate::runtime::Answer| request.record(&member, result)
     };
     // Counted before it is queued, so that completed + errors + timeouts
     // never exceeds mirrored.
     stats.mirrored.fetch_add(1, Relaxed);
-    match runner.try_submit_then(inputs, done) {
+    match runner.try_submit_shared_then(Arc::clone(&copy.inputs), done) {
         Ok(()) => {}
         Err(RunnerError::QueueFull { .. }) => {
             stats.mirrored.fetch_sub(1, Relaxed);
-            stats.dropped.fetch_add(1, Relaxed);
-            crate::telemetry::mirror_dropped(&d.name, member.model.name(), member.model.version());
+            mirror_dropped(d, member);
         }
         Err(_) => {
             stats.mirrored.fetch_sub(1, Relaxed);
@@ -321,26 +325,25 @@ fn mirror(
     }
 }
 
-/// A mirrored request's answer, recorded on the member's worker thread.
-struct MirroredAnswer<'a> {
-    gateway: &'a Arc<crate::deployment::Gateway>,
-    deployment: &'a Arc<str>,
-    member: &'a Arc<Member>,
-    request_id: &'a Arc<str>,
-    segment: &'a Option<Arc<str>>,
+/// What a mirrored request's answers are recorded with, on the members'
+/// worker threads.
+struct MirroredRequest {
+    gateway: Arc<crate::deployment::Gateway>,
+    deployment: Arc<str>,
+    request_id: Arc<str>,
+    segment: Option<Arc<str>>,
     rows: usize,
     sampled: bool,
     started: Instant,
 }
 
-impl MirroredAnswer<'_> {
-    fn record(self, result: crate::runtime::Answer) {
+impl MirroredRequest {
+    fn record(&self, member: &Member, result: crate::runtime::Answer) {
         use std::sync::atomic::Ordering::Relaxed;
-        let member = self.member;
         let failed = |stats: &std::sync::atomic::AtomicU64, kind: &'static str| {
             stats.fetch_add(1, Relaxed);
             crate::telemetry::mirror_failed(
-                self.deployment,
+                &self.deployment,
                 member.model.name(),
                 member.model.version(),
                 kind,
@@ -363,12 +366,12 @@ impl MirroredAnswer<'_> {
         let predictions = member.model.reader.read(&outputs, self.rows);
         let drift_predictions = self.sampled.then(|| predictions.clone());
         let records = prediction_records(
-            self.deployment,
-            self.request_id,
+            &self.deployment,
+            &self.request_id,
             &member.model,
             member.role,
             false,
-            self.segment,
+            &self.segment,
             predictions,
             self.started.elapsed(),
             true,
@@ -379,7 +382,7 @@ impl MirroredAnswer<'_> {
         if let Some(predictions) = drift_predictions {
             self.gateway
                 .drift()
-                .push(drift_sample(self.deployment, member, None, predictions));
+                .push(drift_sample(&self.deployment, member, None, predictions));
         }
     }
 }

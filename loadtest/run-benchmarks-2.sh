@@ -188,6 +188,12 @@ section_challengers() {
   start_gateway plain "$PORT_A"
   start_gateway shadows "$PORT_B"
   local plain="no challengers" shadows="3 shadows (v2, v3, v4)"
+  # Reference: the champion-only gateway with one idle-priority busy thread
+  # per CPU beside it (in the load generator): what idle-priority work costs
+  # the request path on this machine, whoever does it.
+  local cpus idle
+  cpus=$(nproc)
+  idle="no challengers + $cpus idle-priority busy threads"
   # As the issue asks: half of the champion-only capacity; then, for
   # context, half of the capacity with the shadows.
   local of title
@@ -200,6 +206,7 @@ section_challengers() {
     fi
     "$LT" compare \
       --path "$plain=$(infer_url "$PORT_A")" --path "$shadows=$(infer_url "$PORT_B")" \
+      --path "$idle=$(infer_url "$PORT_A")" --idle-load "$idle=$cpus" \
       --admin "$plain=$(admin_url "$PORT_A")" --admin "$shadows=$(admin_url "$PORT_B")" \
       --holdout "$HOLDOUT" --load "$LOAD" --capacity-of "$of" --capacity-concurrency 32 \
       --max-in-flight 1024 --rounds "$ROUNDS" --duration "$DURATION" --warmup "$WARMUP" \
@@ -210,7 +217,7 @@ section_challengers() {
   done
   stop_servers
   {
-    echo "Deployment: champion breast_cancer v1 (ONNX logistic regression); the shadows are v2 (ONNX gradient-boosted trees), v3 (ONNX logistic regression) and v4 (TorchScript MLP), each mirrored every request (fraction 1.0) onto its own single worker with a 64-deep queue (the defaults). Drift monitoring and the prediction log are on (defaults) in both gateways."
+    echo "Deployment: champion breast_cancer v1 (ONNX logistic regression); the shadows are v2 (ONNX gradient-boosted trees), v3 (ONNX logistic regression) and v4 (TorchScript MLP), each mirrored every request (fraction 1.0) onto its own single worker with a 64-deep queue (the defaults). Drift monitoring and the prediction log are on (defaults) in both gateways. The reference path loads the champion-only gateway while $cpus threads spin at idle priority (\`SCHED_IDLE\`) in the load generator, doing nothing else: how much of the shadows' cost is the machine's, for any idle-priority work."
     reproduce challengers ROUNDS DURATION WARMUP LOAD
   } >>"$OUT/challengers.md"
 }

@@ -15,6 +15,13 @@
 //! prediction log's drops are read before and after every run and the
 //! differences reported.
 //!
+//! With `--idle-load NAME=THREADS`, path NAME's runs (not its capacity
+//! measurement) have THREADS busy threads at the operating system's idle
+//! priority running beside them, in this process: a reference for what any
+//! idle-priority work (such as shadow challengers' inference) costs the
+//! request path on this machine, whoever does it. Its ratio is shown as a
+//! reference, not judged against the targets.
+//!
 //! On a small shared machine throughput drifts from minute to minute, so the
 //! order of the paths alternates from round to round and ratios are taken
 //! within a round.
@@ -91,6 +98,11 @@ pub struct Args {
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// "NAME=THREADS": while path NAME is measured, THREADS threads spin at
+    /// idle priority in this process (a reference path; repeat the same
+    /// URL under another name to have it with and without).
+    #[arg(long = "idle-load")]
+    idle_load: Vec<String>,
     /// Target: every path's throughput at least this share of the baseline's.
     #[arg(long)]
     min_throughput_ratio: Option<f64>,
@@ -166,6 +178,75 @@ struct Path {
     name: String,
     target: Arc<Target>,
     admin: Option<String>,
+    /// Idle-priority busy threads running while it is measured.
+    idle_load: usize,
+}
+
+/// Threads spinning at idle priority (Linux `SCHED_IDLE`) until dropped:
+/// CPU work that only ever runs when nothing else wants the CPU.
+struct IdleLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl IdleLoad {
+    fn start(n: usize) -> anyhow::Result<IdleLoad> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut load = IdleLoad {
+            stop: Arc::clone(&stop),
+            threads: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let stop = Arc::clone(&stop);
+            let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+            let t = std::thread::Builder::new()
+                .name(format!("idle-load-{i}"))
+                .spawn(move || {
+                    let lowered = lower_to_idle();
+                    let ok = lowered.is_ok();
+                    let _ = ready_tx.send(lowered);
+                    if !ok {
+                        return;
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+                .context("starting an idle-load thread")?;
+            load.threads.push(t);
+            ready
+                .recv()
+                .context("idle-load thread")?
+                .context("moving an idle-load thread to idle priority")?;
+        }
+        Ok(load)
+    }
+}
+
+impl Drop for IdleLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn lower_to_idle() -> anyhow::Result<()> {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn lower_to_idle() -> anyhow::Result<()> {
+    bail!("idle priority (SCHED_IDLE) is Linux only")
 }
 
 #[derive(Serialize)]
@@ -216,6 +297,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         http::parse_url(&url)?;
         admin.insert(name, url);
     }
+    let mut idle_load: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &args.idle_load {
+        let (name, n) = split_named(l, "--idle-load")?;
+        let n: usize = n
+            .parse()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .with_context(|| format!("--idle-load {name}={n}: THREADS must be 1..=64"))?;
+        idle_load.insert(name, n);
+    }
     let mut paths = Vec::new();
     for p in &args.paths {
         let (name, url) = split_named(p, "--path")?;
@@ -226,12 +317,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         paths.push(Path {
             target: Arc::new(Target::json_bodies(&url, bodies.clone(), timeout)?),
             admin: admin.remove(&name),
+            idle_load: idle_load.remove(&name).unwrap_or(0),
             name,
         });
     }
     if let Some(name) = admin.keys().next() {
         bail!("--admin {name}=… names no --path");
     }
+    if let Some(name) = idle_load.keys().next() {
+        bail!("--idle-load {name}=… names no --path");
+    }
+    ensure!(
+        paths[0].idle_load == 0,
+        "the baseline ({}) cannot have --idle-load",
+        paths[0].name
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
         .enable_all()
@@ -303,6 +403,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             let window = Window::new(args.warmup, args.duration)?;
+            let idle = (p.idle_load > 0)
+                .then(|| IdleLoad::start(p.idle_load))
+                .transpose()?;
             let rec = match rate {
                 Some(rate) => http::open_loop(&rt, &p.target, rate, args.max_in_flight, window),
                 None => rt.block_on(http::closed_loop(
@@ -322,6 +425,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 warmup_s: args.warmup,
                 duration_s: args.duration,
             };
+            drop(idle);
             let report = rec.finish(setup, window.end - window.measure_from);
             if report.emit(None)? != ExitCode::SUCCESS {
                 failed = true;
@@ -511,10 +615,15 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
         let thr = ratio(|r| r.throughput_rps);
         let p99 = ratio(|r| r.latency_us.p99 as f64);
         let mut targets = Vec::new();
-        if let (Some(min), Some(t)) = (args.min_throughput_ratio, thr) {
+        if p.idle_load > 0 {
+            targets.push(format!(
+                "reference: {} idle-priority busy thread(s) beside the gateway",
+                p.idle_load
+            ));
+        } else if let (Some(min), Some(t)) = (args.min_throughput_ratio, thr) {
             targets.push(format!("throughput ≥ {min:.2}×: {}", verdict(t.0 >= min)));
         }
-        if let (Some(max), Some(t)) = (args.max_p99_ratio, p99) {
+        if let (Some(max), Some(t), 0) = (args.max_p99_ratio, p99, p.idle_load) {
             targets.push(format!("p99 ≤ {max:.2}×: {}", verdict(t.0 <= max)));
         }
         let _ = writeln!(
@@ -566,6 +675,40 @@ mod tests {
         });
         assert_eq!(d.mirrored, 10);
         assert_eq!(Counters::read(&json!({})), Counters::default());
+    }
+
+    /// The scheduling policy (field 41 of `/proc/self/task/TID/stat`) of
+    /// this process's threads named `name`.
+    #[cfg(target_os = "linux")]
+    fn policies_of(name: &str) -> Vec<u32> {
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
+            // Fields after the command name, which ends at the last ')'.
+            let after = &stat[stat.rfind(')').expect("comm") + 2..];
+            let policy = after.split(' ').nth(38).expect("policy field");
+            policies.push(policy.parse().expect("a number"));
+        }
+        policies
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn idle_load_spins_at_idle_priority_until_dropped() {
+        const SCHED_IDLE: u32 = 5;
+        let load = IdleLoad::start(2).expect("idle load starts");
+        assert_eq!(load.threads.len(), 2);
+        assert_eq!(policies_of("idle-load-0"), [SCHED_IDLE]);
+        assert_eq!(policies_of("idle-load-1"), [SCHED_IDLE]);
+        drop(load);
+        assert!(policies_of("idle-load-0").is_empty(), "stopped and joined");
     }
 
     #[test]

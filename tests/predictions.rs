@@ -190,6 +190,23 @@ async fn concurrent_requests_batched_together_each_get_their_own_rows() {
         let executions = m["execution_count"].as_u64().expect("execution_count");
         assert!((1..=requests).contains(&executions), "{m}");
         assert_eq!(m["inference_stats"]["success"]["count"], requests, "{m}");
+        // Per batch size: every execution once, and its rows add up to
+        // every row inferred.
+        let batches = m["batch_stats"].as_array().expect("batch_stats");
+        let count = |b: &serde_json::Value| b["compute_infer"]["count"].as_u64().unwrap();
+        let size = |b: &serde_json::Value| b["batch_size"].as_u64().unwrap();
+        assert_eq!(batches.iter().map(count).sum::<u64>(), executions, "{m}");
+        assert_eq!(
+            batches.iter().map(|b| size(b) * count(b)).sum::<u64>(),
+            rows,
+            "{m}"
+        );
+        assert!(batches.windows(2).all(|w| size(&w[0]) < size(&w[1])), "{m}");
+        for b in batches {
+            for k in ["compute_input", "compute_infer", "compute_output"] {
+                assert_eq!(b[k]["count"], b["compute_infer"]["count"], "{b}");
+            }
+        }
     }
     // The batch-size histogram is exported for every runner that batches.
     let metrics = reqwest::get(s.url("/metrics"))

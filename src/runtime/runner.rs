@@ -86,6 +86,9 @@ pub struct Timings {
     /// Ran in a dynamic batch whose one engine execution is counted by the
     /// batch's first request (Triton's `execution_count`).
     pub shared_execution: bool,
+    /// Rows of the engine execution that answered: the batch's when the
+    /// request ran in a dynamic batch, else 0 (the request's own rows).
+    pub batch_rows: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -602,7 +605,7 @@ impl Worker {
                     waited.as_millis(),
                     limit.as_millis()
                 ));
-                self.answer(job, Err(e), started, false);
+                self.answer(job, Err(e), started, false, 0);
             }
             if fresh.is_empty() {
                 return;
@@ -612,11 +615,12 @@ impl Worker {
         if group.len() == 1 {
             let job = group.pop().expect("one job");
             let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
-            self.answer(job, result, started, false);
+            self.answer(job, result, started, false, 0);
             return;
         }
         self.batches.record(group.len() as f64);
         let rows: Vec<usize> = group.iter().map(|j| j.rows).collect();
+        let batch_rows: usize = rows.iter().sum();
         let inputs = combine(group.iter_mut().map(|j| j.inputs.take()));
         let outputs = guarded(|| self.model.infer_on(self.instance, &inputs))
             .ok()
@@ -624,7 +628,7 @@ impl Worker {
         match outputs {
             Some(parts) => {
                 for (i, (job, outputs)) in group.into_iter().zip(parts).enumerate() {
-                    self.answer(job, Ok(outputs), started, i > 0);
+                    self.answer(job, Ok(outputs), started, i > 0, batch_rows);
                 }
             }
             None => {
@@ -635,7 +639,7 @@ impl Worker {
                     job.inputs = JobInputs::Owned(inputs);
                     let started = Instant::now();
                     let result = guarded(|| self.model.infer_on(self.instance, &job.inputs));
-                    self.answer(job, result, started, false);
+                    self.answer(job, result, started, false, 0);
                 }
             }
         }
@@ -647,11 +651,13 @@ impl Worker {
         result: Result<Vec<Tensor>, RuntimeError>,
         started: Instant,
         shared_execution: bool,
+        batch_rows: usize,
     ) {
         let timings = Timings {
             queue: started.saturating_duration_since(job.enqueued),
             infer: started.elapsed(),
             shared_execution,
+            batch_rows,
             ..Timings::default()
         };
         self.busy.fetch_sub(1, Ordering::AcqRel);

@@ -634,6 +634,7 @@ mod tests {
             infer: Duration::from_micros(1_234_567),
             encode: Duration::from_nanos(999),
             shared_execution: false,
+            batch_rows: 0,
         };
         assert_eq!(
             String::from_utf8(server_timing(&t)).expect("ASCII"),

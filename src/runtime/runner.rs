@@ -298,22 +298,10 @@ impl Runner {
     /// Queues one batch without waiting for a place (refused at once when
     /// the queue is full); the worker thread that runs it calls `then` with
     /// the result. Nothing on the caller's side waits: no task, no timer.
+    /// The inputs may be shared with other runners' jobs (a request mirrored
+    /// to several models is copied once); a worker copies them only to
+    /// combine them into a batch while another job still holds them.
     pub fn try_submit_then(
-        &self,
-        inputs: Vec<Tensor>,
-        then: impl FnOnce(Answer) + Send + 'static,
-    ) -> Result<(), RunnerError> {
-        self.enqueue(Job::new(
-            JobInputs::Owned(inputs),
-            Reply::Call(Box::new(then)),
-        ))
-        .map_err(|e| self.refused(&e))
-    }
-
-    /// [`Runner::try_submit_then`] with inputs other jobs may share: a
-    /// worker copies them only if it has to combine them into a batch while
-    /// another job still holds them.
-    pub fn try_submit_shared_then(
         &self,
         inputs: Arc<Vec<Tensor>>,
         then: impl FnOnce(Answer) + Send + 'static,

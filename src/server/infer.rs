@@ -312,7 +312,7 @@ fn mirror(d: &Deployment, member: &Arc<Member>, runner: &Runner, copy: &MirrorCo
     // Counted before it is queued, so that completed + errors + timeouts
     // never exceeds mirrored.
     stats.mirrored.fetch_add(1, Relaxed);
-    match runner.try_submit_shared_then(Arc::clone(&copy.inputs), done) {
+    match runner.try_submit_then(Arc::clone(&copy.inputs), done) {
         Ok(()) => {}
         Err(RunnerError::QueueFull { .. }) => {
             stats.mirrored.fetch_sub(1, Relaxed);

@@ -48,7 +48,9 @@ pub mod torchscript;
 
 use std::path::Path;
 
-pub use runner::{Answer, ExecutionPlan, Runner, RunnerError, Timings, WorkerOptions};
+pub use runner::{
+    Answer, ExecutionPlan, Runner, RunnerError, Timings, WorkerOptions, lower_to_idle_priority,
+};
 
 use crate::protocol::{Tensor, TensorSpec};
 

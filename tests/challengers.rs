@@ -374,12 +374,7 @@ timeout_ms = 60000
     assert_eq!(s["errors"], 0, "{s}");
     assert_eq!(d["champion"]["stats"]["served"], sent, "{}", d["champion"]);
     // Prometheus counts the same drops.
-    let metrics = reqwest::get(ts.url("/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = ts.metrics_text().await;
     let exported: u64 = metrics
         .lines()
         .find(|l| {

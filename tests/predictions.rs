@@ -209,12 +209,7 @@ async fn concurrent_requests_batched_together_each_get_their_own_rows() {
         }
     }
     // The batch-size histogram is exported for every runner that batches.
-    let metrics = reqwest::get(s.url("/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = s.metrics_text().await;
     assert!(
         metrics.contains("contender_inference_batch_requests"),
         "{metrics}"

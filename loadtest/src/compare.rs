@@ -233,20 +233,10 @@ impl Drop for IdleLoad {
     }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+/// The calling thread at the idle priority the gateway gives its mirror
+/// workers (the same function).
 fn lower_to_idle() -> anyhow::Result<()> {
-    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-    thread_priority::set_thread_priority_and_policy(
-        thread_priority::thread_native_id(),
-        ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-    )
-    .map_err(|e| anyhow::anyhow!("{e:?}"))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn lower_to_idle() -> anyhow::Result<()> {
-    bail!("idle priority (SCHED_IDLE) is Linux only")
+    contender::runtime::lower_to_idle_priority().map_err(anyhow::Error::msg)
 }
 
 #[derive(Serialize)]

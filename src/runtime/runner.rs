@@ -821,8 +821,8 @@ impl IdleQueue {
 
 /// Moves the calling thread to the idle scheduling class (Linux
 /// `SCHED_IDLE`; elsewhere the lowest priority): it runs only when no
-/// normal thread wants the CPU.
-fn idle_priority(thread: &str) {
+/// normal thread wants the CPU. Mirror workers run there by default.
+pub fn lower_to_idle_priority() -> Result<(), String> {
     use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let result = thread_priority::set_thread_priority_and_policy(
@@ -832,8 +832,18 @@ fn idle_priority(thread: &str) {
     );
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let result = thread_priority::set_current_thread_priority(ThreadPriority::Min);
-    if let Err(e) = result {
-        tracing::warn!(thread, error = ?e, "could not lower the thread's priority; it runs at normal priority");
+    result.map_err(|e| format!("{e:?}"))
+}
+
+/// [`lower_to_idle_priority`] for a worker thread; a failure is logged and
+/// the thread runs at normal priority.
+fn idle_priority(thread: &str) {
+    if let Err(error) = lower_to_idle_priority() {
+        tracing::warn!(
+            thread,
+            error,
+            "could not lower the thread's priority; it runs at normal priority"
+        );
     }
 }
 

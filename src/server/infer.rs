@@ -298,9 +298,10 @@ fn mirror_dropped(d: &Deployment, member: &Member) {
 }
 
 /// Hands the request's copy to a member's own workers; never waits for a
-/// place in its queue, and the caller never waits for its answer: the
-/// member's worker thread (at idle priority by default) records the answer
-/// itself, so a mirrored request costs the request path one queue push.
+/// place in its queue, and the caller never waits for its answer: it is
+/// recorded off the request path (by the worker thread, or for
+/// idle-priority workers by the runner's recorder thread), so a mirrored
+/// request costs the request path one queue push.
 fn mirror(d: &Deployment, member: &Arc<Member>, runner: &Runner, copy: &MirrorCopy) {
     use std::sync::atomic::Ordering::Relaxed;
     let stats = &member.stats;
@@ -325,8 +326,8 @@ fn mirror(d: &Deployment, member: &Arc<Member>, runner: &Runner, copy: &MirrorCo
     }
 }
 
-/// What a mirrored request's answers are recorded with, on the members'
-/// worker threads.
+/// What a mirrored request's answers are recorded with, off the request
+/// path (see [`mirror`]).
 struct MirroredRequest {
     gateway: Arc<crate::deployment::Gateway>,
     deployment: Arc<str>,
@@ -586,7 +587,7 @@ fn server_timing(t: &Timings) -> Vec<u8> {
         s.extend_from_slice(name.as_bytes());
         s.extend_from_slice(b";dur=");
         let us = d.as_micros();
-        push_decimal(&mut s, us / 1000);
+        s.extend_from_slice(itoa::Buffer::new().format(us / 1000).as_bytes());
         let frac = us % 1000;
         s.extend_from_slice(&[
             b'.',
@@ -596,21 +597,6 @@ fn server_timing(t: &Timings) -> Vec<u8> {
         ]);
     }
     s
-}
-
-/// Appends `n` in decimal.
-fn push_decimal(s: &mut Vec<u8>, mut n: u128) {
-    let mut digits = [0u8; 39];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-pub use crate::clock::now_ms;
+use crate::clock::now_ms;
 
 /// Rebuilds the evaluator from the stored state; equal to what it was.
 pub fn restore(

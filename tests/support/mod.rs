@@ -205,6 +205,18 @@ impl TestServer {
         json_of(r).await
     }
 
+    /// The Prometheus exposition at `/metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// POST a JSON body; returns the status and the JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
         let r = self

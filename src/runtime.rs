@@ -36,13 +36,16 @@
 //!
 //! Under `execution = "auto"` a batchable model runs a request inline only
 //! while the model is idle (nothing queued or running) and its requests do
-//! not come in quick succession (a moving average of the gap between them
-//! of at least 40 µs): a lone request keeps the inline path's latency, and
-//! under load every request queues and is batched. On 2 vCPUs inline was
-//! faster at concurrency 1–2 and batching at 8 and more; keying the choice
-//! on the arrival rate rather than on the model being found busy gained
-//! 4–6 % at concurrency 8–32 (BENCHMARKS.md). A challenger's mirrored
-//! copies are batched the same way on its own workers.
+//! not come in quick succession: a lone request keeps the inline path's
+//! latency, and under load every request queues and is batched. The load
+//! is a moving average of the gap between a model's requests: batching
+//! starts when it falls below 40 µs and stops when it is back above 60 µs,
+//! so that a rate near the threshold does not flip the choice back and
+//! forth. On 2 vCPUs inline was faster at concurrency 1–2 and batching at
+//! 8 and more; keying the choice on the arrival rate rather than on the
+//! model being found busy gained 3–8 % at concurrency 2–32
+//! (BENCHMARKS.md). A challenger's mirrored copies are batched the same
+//! way on its own workers.
 
 pub mod onnx;
 mod runner;

@@ -183,6 +183,10 @@ pub struct Runner {
     /// Moving average of the time between requests (µs; each new gap
     /// weighs 1/16).
     arrival_gap_us: AtomicU64,
+    /// Small requests queue for batching (the average gap fell below
+    /// [`BATCH_BELOW_GAP_US`] and has not yet risen above
+    /// [`INLINE_ABOVE_GAP_US`]).
+    batching: AtomicBool,
 }
 
 /// Under `auto`, while a model's requests arrive on average closer together
@@ -191,6 +195,12 @@ pub struct Runner {
 /// (BENCHMARKS.md): at concurrency 2 (about 80 µs apart) inline is faster;
 /// at 8 and 32 (20–35 µs apart) batching is.
 const BATCH_BELOW_GAP_US: u64 = 40;
+
+/// Once batching, small requests run inline again only when the average
+/// gap is back above this: at a rate near the threshold the choice does not
+/// flip back and forth (inline runs mixed with batches are slower than
+/// either).
+const INLINE_ABOVE_GAP_US: u64 = 60;
 
 /// Longest gap the average takes in (µs): any longer pause counts as this
 /// one, so that after it the average comes down to the threshold within
@@ -288,6 +298,7 @@ impl Runner {
             epoch: Instant::now(),
             last_arrival_us: AtomicU64::new(0),
             arrival_gap_us: AtomicU64::new(MAX_GAP_US),
+            batching: AtomicBool::new(false),
         }
     }
 
@@ -391,9 +402,13 @@ impl Runner {
         let average = self.arrival_gap_us.load(Ordering::Relaxed);
         let average = average - average / 16 + gap.min(MAX_GAP_US) / 16;
         self.arrival_gap_us.store(average, Ordering::Relaxed);
-        rows <= self.plan.inline_max_rows
-            && average >= BATCH_BELOW_GAP_US
-            && self.busy.load(Ordering::Acquire) == 0
+        let batching = if self.batching.load(Ordering::Relaxed) {
+            average <= INLINE_ABOVE_GAP_US
+        } else {
+            average < BATCH_BELOW_GAP_US
+        };
+        self.batching.store(batching, Ordering::Relaxed);
+        rows <= self.plan.inline_max_rows && !batching && self.busy.load(Ordering::Acquire) == 0
     }
 
     /// Runs one batch of `rows` rows. Inline when the plan says it is cheaper
@@ -1201,13 +1216,21 @@ mod tests {
         let queued = (0..200).filter(|_| !arrive(10, 1)).count();
         assert!(queued > 100, "only {queued} of 200 queued");
         assert!(!arrive(10, 1), "still under load");
+        // Between the two thresholds (50 µs apart) the choice holds: still
+        // batching, with no flipping back and forth.
+        let inline = (0..200).filter(|_| arrive(50, 1)).count();
+        assert_eq!(inline, 0, "50 µs apart after 10 µs apart: still batching");
         // The load eases (1 ms apart): inline again within a few requests.
         let first_inline = (1..=20).find(|_| arrive(1_000, 1));
         assert!(
             first_inline.is_some_and(|n| n <= 5),
             "inline again after {first_inline:?} requests"
         );
+        // And from inline, 50 µs apart stays inline.
+        let queued = (0..200).filter(|_| !arrive(50, 1)).count();
+        assert_eq!(queued, 0, "50 µs apart after 1 ms apart: still inline");
         // One quick pair among sparse requests does not switch.
+        assert!(arrive(1_000, 1));
         assert!(arrive(1_000, 1));
         assert!(arrive(1, 1), "one short gap among long ones: still inline");
         // A pinned plan ignores the count.

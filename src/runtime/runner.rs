@@ -383,8 +383,13 @@ impl Runner {
     }
 
     /// Whether a batch of `rows` rows runs inline on the calling thread.
+    /// Only `auto` reads the clock (for the arrival rate).
     fn inline(&self, rows: usize) -> bool {
-        let now_us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let now_us = if self.plan.inline_when_idle {
+            u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
         self.inline_at(rows, now_us)
     }
 
@@ -402,12 +407,15 @@ impl Runner {
         let average = self.arrival_gap_us.load(Ordering::Relaxed);
         let average = average - average / 16 + gap.min(MAX_GAP_US) / 16;
         self.arrival_gap_us.store(average, Ordering::Relaxed);
-        let batching = if self.batching.load(Ordering::Relaxed) {
+        let was_batching = self.batching.load(Ordering::Relaxed);
+        let batching = if was_batching {
             average <= INLINE_ABOVE_GAP_US
         } else {
             average < BATCH_BELOW_GAP_US
         };
-        self.batching.store(batching, Ordering::Relaxed);
+        if batching != was_batching {
+            self.batching.store(batching, Ordering::Relaxed);
+        }
         rows <= self.plan.inline_max_rows && !batching && self.busy.load(Ordering::Acquire) == 0
     }
 

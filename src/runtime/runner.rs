@@ -729,10 +729,6 @@ impl Drop for Runner {
     }
 }
 
-/// How long an idle-priority worker keeps looking at its empty queue
-/// before it parks.
-const PARK_AFTER: Duration = Duration::from_millis(50);
-
 /// The queue of idle-priority (mirror) workers: the request path never
 /// waits for one of them.
 ///
@@ -748,24 +744,35 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 /// end under a mutex (normal-priority threads only); the workers share the
 /// consumer end under another.
 ///
-/// While traffic flows the workers keep looking at the queue, yielding the
-/// CPU between looks; at idle priority that uses only CPU time nothing else
-/// wants, and mirroring a request does not have to wake them (a futex
-/// wake-up, often an inter-processor interrupt, per mirrored copy). After
-/// `PARK_AFTER` without work a worker parks, and the first copy that comes
-/// unparks it.
+/// While copies come, a worker sleeps [`GATHER_TICK`] between batches and
+/// then runs everything that gathered as one batch: one engine run and one
+/// wake-up per tick instead of one per copy, and the CPU halts when the
+/// batch is done. Mirroring a copy wakes a worker only when the queue
+/// reaches half its capacity (so that a burst is not dropped while the
+/// workers sleep), or when a whole tick passed without any copy and the
+/// workers went to sleep until the next one.
 struct IdleQueue {
     producer: Mutex<rtrb::Producer<Job>>,
     /// The consumer end, and a job that did not fit into the last batch.
     consumer: Mutex<(rtrb::Consumer<Job>, Option<Job>)>,
     /// Jobs queued (pushed and not yet taken).
     len: AtomicUsize,
-    /// Workers parked (or about to park) on an empty queue.
+    /// A push that brings `len` to this wakes the workers sleeping a tick.
+    wake_at: usize,
+    /// Workers sleeping a tick while a batch gathers.
+    gathering: AtomicUsize,
+    /// Workers asleep until the next copy comes (or about to be).
     parked: AtomicUsize,
+    /// The last batch was full and left queued jobs behind.
+    backlog: AtomicBool,
     /// The workers' threads, to unpark.
     workers: OnceLock<Vec<std::thread::Thread>>,
     closed: AtomicBool,
 }
+
+/// While mirrored copies come, how long a worker lets them gather before it
+/// runs them as one batch.
+const GATHER_TICK: Duration = Duration::from_millis(1);
 
 /// How long a parked worker sleeps before looking again, should a wake-up
 /// have been missed.
@@ -773,12 +780,16 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl IdleQueue {
     fn new(capacity: usize) -> IdleQueue {
-        let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (producer, consumer) = rtrb::RingBuffer::new(capacity);
         IdleQueue {
             producer: Mutex::new(producer),
             consumer: Mutex::new((consumer, None)),
             len: AtomicUsize::new(0),
+            wake_at: capacity.div_ceil(2),
+            gathering: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
+            backlog: AtomicBool::new(false),
             workers: OnceLock::new(),
             closed: AtomicBool::new(false),
         }
@@ -789,7 +800,7 @@ impl IdleQueue {
         if self.closed.load(Ordering::Acquire) {
             return Err(TrySendError::Disconnected(job));
         }
-        {
+        let len = {
             let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
             if producer.is_full() {
                 return Err(TrySendError::Full(job));
@@ -797,16 +808,25 @@ impl IdleQueue {
             // Counted before a worker can take it, so `len` never goes
             // below zero; the push cannot fail: this is the only producer,
             // and workers only make room.
-            self.len.fetch_add(1, Ordering::SeqCst);
+            let len = self.len.fetch_add(1, Ordering::SeqCst) + 1;
             if let Err(rtrb::PushError::Full(job)) = producer.push(job) {
                 self.len.fetch_sub(1, Ordering::SeqCst);
                 return Err(TrySendError::Full(job));
             }
-        }
-        if self.parked.load(Ordering::SeqCst) > 0 {
+            len
+        };
+        if self.must_wake(len) {
             self.unpark();
         }
         Ok(())
+    }
+
+    /// Whether a push that brought the queue to `len` jobs wakes the
+    /// workers: one sleeps until the next copy, or the queue is half full
+    /// while one lets a batch gather.
+    fn must_wake(&self, len: usize) -> bool {
+        self.parked.load(Ordering::SeqCst) > 0
+            || (len >= self.wake_at && self.gathering.load(Ordering::SeqCst) > 0)
     }
 
     fn unpark(&self) {
@@ -815,38 +835,60 @@ impl IdleQueue {
         }
     }
 
-    /// The next job and, with batching (`batch_max_rows` > 0), the queued
-    /// jobs behind it that fit into one batch; a job that does not fit
-    /// comes first next time. `None` once the queue is closed and empty.
+    /// The next group of jobs: after a [`GATHER_TICK`], everything queued
+    /// that fits into one batch (with `batch_max_rows` > 0; else one job);
+    /// a job that does not fit comes first next time. `None` once the
+    /// queue is closed and empty.
     fn next_group(&self, batch_max_rows: usize) -> Option<Vec<Job>> {
-        let idle_since = Instant::now();
         loop {
+            if !self.ready() {
+                self.gathering.fetch_add(1, Ordering::SeqCst);
+                if !self.ready() {
+                    std::thread::park_timeout(GATHER_TICK);
+                }
+                self.gathering.fetch_sub(1, Ordering::SeqCst);
+            }
             if let Some(group) = self.take(batch_max_rows) {
                 return Some(group);
             }
             if self.closed.load(Ordering::Acquire) {
                 return None;
             }
-            if idle_since.elapsed() >= PARK_AFTER {
-                self.parked.fetch_add(1, Ordering::SeqCst);
-                if self.len.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst) {
-                    std::thread::park_timeout(PARK_TIMEOUT);
-                }
-                self.parked.fetch_sub(1, Ordering::SeqCst);
-            } else {
-                // At idle priority this runs only on a CPU nothing else wants.
-                std::thread::yield_now();
+            // A whole tick without a copy: sleep until the next one.
+            self.parked.fetch_add(1, Ordering::SeqCst);
+            if self.len.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst) {
+                std::thread::park_timeout(PARK_TIMEOUT);
             }
+            self.parked.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Whether a batch can be taken without gathering: the queue is half
+    /// full, the last batch was full and left jobs behind, or the queue is
+    /// closing.
+    fn ready(&self) -> bool {
+        self.len.load(Ordering::SeqCst) >= self.wake_at
+            || self.backlog.load(Ordering::SeqCst)
+            || self.closed.load(Ordering::SeqCst)
     }
 
     /// Takes a group of jobs, if any is queued.
     fn take(&self, batch_max_rows: usize) -> Option<Vec<Job>> {
         let mut guard = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
         let (consumer, held) = &mut *guard;
-        let first = held.take().or_else(|| consumer.pop().ok())?;
+        let Some(first) = held.take().or_else(|| consumer.pop().ok()) else {
+            self.backlog.store(false, Ordering::SeqCst);
+            return None;
+        };
         let group = fill_group(first, batch_max_rows, held, || consumer.pop().ok());
         self.len.fetch_sub(group.len(), Ordering::SeqCst);
+        let full = batch_max_rows == 0
+            || held.is_some()
+            || group.iter().map(|j| j.rows).sum::<usize>() >= batch_max_rows;
+        self.backlog.store(
+            full && (held.is_some() || !consumer.is_empty()),
+            Ordering::SeqCst,
+        );
         Some(group)
     }
 
@@ -1305,6 +1347,51 @@ mod tests {
             Err(TrySendError::Disconnected(_))
         ));
         assert_eq!(worker.join().expect("worker thread"), vec![1]);
+    }
+
+    #[test]
+    fn mirror_workers_let_copies_gather_and_are_woken_only_when_needed() {
+        let rows = holdout_rows();
+        let job = || {
+            Job::new(
+                JobInputs::Owned(input(&rows[..1])),
+                Reply::Channel(oneshot::channel().0),
+            )
+        };
+        let queue = IdleQueue::new(8);
+        assert_eq!(queue.wake_at, 4);
+        // Nobody asleep: a push wakes nobody.
+        assert!(!queue.must_wake(1) && !queue.must_wake(8));
+        // A worker letting a batch gather is woken only once the queue is
+        // half full, not by every copy.
+        queue.gathering.fetch_add(1, Ordering::SeqCst);
+        assert!(!queue.must_wake(1) && !queue.must_wake(3));
+        assert!(queue.must_wake(4) && queue.must_wake(8));
+        queue.gathering.fetch_sub(1, Ordering::SeqCst);
+        // A worker asleep until the next copy is woken by the first.
+        queue.parked.fetch_add(1, Ordering::SeqCst);
+        assert!(queue.must_wake(1));
+        queue.parked.fetch_sub(1, Ordering::SeqCst);
+        // A half-full queue, or a job left over from the last batch, is
+        // taken at once; fewer copies gather first.
+        for _ in 0..3 {
+            assert!(queue.push(job()).is_ok());
+        }
+        assert!(!queue.ready());
+        assert!(queue.push(job()).is_ok());
+        assert!(queue.ready());
+        let sizes = |g: Vec<Job>| g.iter().map(|j| j.rows).collect::<Vec<_>>();
+        // Batches of at most 3 rows: the fourth copy is left over.
+        assert_eq!(queue.next_group(3).map(sizes), Some(vec![1, 1, 1]));
+        assert!(queue.ready(), "a left-over job is taken without gathering");
+        assert_eq!(queue.next_group(3).map(sizes), Some(vec![1]));
+        assert!(!queue.ready());
+        queue.close();
+        assert!(
+            queue.ready(),
+            "a closing queue is drained without gathering"
+        );
+        assert!(queue.next_group(3).is_none());
     }
 
     #[test]

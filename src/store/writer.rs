@@ -364,7 +364,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Serves both queues until every sender is gone, then writes what is left.
     /// Serves both queues until the control queue closes, then writes what
     /// is left.
     ///

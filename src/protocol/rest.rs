@@ -38,7 +38,7 @@ pub enum DecodeError {
         expected: usize,
         got: usize,
     },
-    #[error("input '{input}': invalid data: {source}")]
+    #[error("input '{input}': invalid data: {}", without_position(source))]
     Data {
         input: String,
         #[source]
@@ -436,9 +436,10 @@ trait Element: Sized {
 }
 
 macro_rules! int_element {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $name:literal $range:literal),*) => {$(
         impl Element for $t {
-            const EXPECTED: &'static str = concat!("an integer in the range of ", stringify!($t));
+            const EXPECTED: &'static str =
+                concat!("an integer in the range of ", $name, " (", $range, ")");
             fn from_u64(v: u64) -> Option<Self> { <$t>::try_from(v).ok() }
             fn from_i64(v: i64) -> Option<Self> { <$t>::try_from(v).ok() }
             fn from_f64(v: f64) -> Option<Self> {
@@ -448,10 +449,19 @@ macro_rules! int_element {
         }
     )*};
 }
-int_element!(u8, u16, u32, u64, i8, i16, i32, i64);
+int_element!(
+    u8 => "UINT8" "0 to 255",
+    u16 => "UINT16" "0 to 65535",
+    u32 => "UINT32" "0 to 4294967295",
+    u64 => "UINT64" "0 to 18446744073709551615",
+    i8 => "INT8" "-128 to 127",
+    i16 => "INT16" "-32768 to 32767",
+    i32 => "INT32" "-2147483648 to 2147483647",
+    i64 => "INT64" "-9223372036854775808 to 9223372036854775807"
+);
 
 impl Element for f32 {
-    const EXPECTED: &'static str = "a number";
+    const EXPECTED: &'static str = "a number in the range of FP32 (magnitude at most 3.4028235e38)";
     fn from_u64(v: u64) -> Option<Self> {
         Some(v as f32)
     }
@@ -491,6 +501,34 @@ impl Element for Vec<u8> {
     }
 }
 
+/// A data error's text without serde's "at line 1 column N": the position
+/// is within the input's `data` array, not the request body, and the
+/// message already names the element.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(message) if e.line() > 0 => message.to_owned(),
+        _ => text,
+    }
+}
+
+/// A number as an error message shows it: in exponent form when very large
+/// or very small (`1e39`, not forty digits).
+struct Number(f64);
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        let magnitude = v.abs();
+        if v.is_finite() && (magnitude >= 1e16 || (magnitude != 0.0 && magnitude < 1e-6)) {
+            write!(f, "{v:e}")
+        } else {
+            write!(f, "{v}")
+        }
+    }
+}
+
 /// Flattens a (possibly nested) JSON array of scalars into `out`.
 struct Flatten<'a, T> {
     out: &'a mut Vec<T>,
@@ -527,7 +565,7 @@ impl<'de, T: Element> Visitor<'de> for Flatten<'_, T> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "an array of {}", T::EXPECTED)
+        write!(f, "an array whose elements are each {}", T::EXPECTED)
     }
 
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
@@ -537,7 +575,7 @@ impl<'de, T: Element> Visitor<'de> for Flatten<'_, T> {
         self.push(T::from_i64(v), v)
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(T::from_f64(v), v)
+        self.push(T::from_f64(v), Number(v))
     }
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
         self.push(T::from_bool(v), v)
@@ -790,6 +828,31 @@ mod tests {
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#)
             .unwrap_err();
         assert!(matches!(err, DecodeError::Data { .. }), "{err}");
+        assert!(
+            err.to_string().contains(
+                "element 0 is 300, expected an integer in the range of INT8 (-128 to 127)"
+            ),
+            "{err}"
+        );
+
+        // A float beyond FP32's range says so, with the number as written
+        // in exponent form.
+        let err =
+            decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,1e39]}]}"#)
+                .unwrap_err();
+        assert!(matches!(err, DecodeError::Data { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("input 'x'")
+                && msg.contains("element 1 is 1e39, expected a number in the range of FP32")
+                && !msg.contains("column"),
+            "{msg}"
+        );
+        // FP64 takes it.
+        assert!(
+            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[1e39]}]}"#)
+                .is_ok()
+        );
 
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#)
             .unwrap_err();

@@ -763,7 +763,7 @@ struct IdleQueue {
     gathering: AtomicUsize,
     /// Workers asleep until the next copy comes (or about to be).
     parked: AtomicUsize,
-    /// The last batch was full and left queued jobs behind.
+    /// The last batch left queued jobs behind (they did not fit).
     backlog: AtomicBool,
     /// The workers' threads, to unpark.
     workers: OnceLock<Vec<std::thread::Thread>>,
@@ -882,13 +882,9 @@ impl IdleQueue {
         };
         let group = fill_group(first, batch_max_rows, held, || consumer.pop().ok());
         self.len.fetch_sub(group.len(), Ordering::SeqCst);
-        let full = batch_max_rows == 0
-            || held.is_some()
-            || group.iter().map(|j| j.rows).sum::<usize>() >= batch_max_rows;
-        self.backlog.store(
-            full && (held.is_some() || !consumer.is_empty()),
-            Ordering::SeqCst,
-        );
+        // `fill_group` takes all it can: what is left did not fit.
+        self.backlog
+            .store(held.is_some() || !consumer.is_empty(), Ordering::SeqCst);
         Some(group)
     }
 

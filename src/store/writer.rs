@@ -797,9 +797,9 @@ const ONE_ROW: &str = "(?,?,?,?,?,?,?,?,?,?,?)";
 /// Parameters bound per row.
 const ROW_PARAMS: usize = 11;
 /// Rows inserted by one statement. One statement per 32 rows cost about a
-/// third less per row than one per row (2.7–3.1 µs against 4.0–4.9 µs a row,
+/// third less per row than one per row (2.5–3.3 µs against 3.4–4.9 µs a row,
 /// 600,000 rows into this schema in batches of 1,000 on the benchmark
-/// machine).
+/// machine; BENCHMARKS.md).
 const INSERT_ROWS: usize = 32;
 /// `INSERT OR IGNORE` of one row: a row already in the log is skipped.
 static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {

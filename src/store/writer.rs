@@ -1249,6 +1249,27 @@ mod tests {
         }
     }
 
+    /// A writer on a fresh store in `dir`, with its evaluator and counters.
+    fn writer(dir: &Path) -> (Writer, Arc<Evaluator>, Arc<StoreCounters>) {
+        let path = dir.join("contender.db");
+        let evaluator = Arc::new(Evaluator::default());
+        let counters = Arc::new(StoreCounters::default());
+        let settings = StoreSettings {
+            retention_ms: 3_600_000,
+            max_predictions: 1_000_000,
+            queue_capacity: 16,
+            notify: None,
+        };
+        let w = Writer::new(
+            open(&path).expect("the store opens"),
+            path,
+            settings,
+            Arc::clone(&evaluator),
+            Arc::clone(&counters),
+        );
+        (w, evaluator, counters)
+    }
+
     fn agreement(evaluator: &Evaluator, version: u64) -> (u64, u64) {
         let key: ModelKey = ("m".to_owned(), version);
         let evals = evaluator.model_evals("d", std::slice::from_ref(&key));
@@ -1261,21 +1282,7 @@ mod tests {
     #[test]
     fn agreement_is_counted_from_memory_or_from_the_log() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("contender.db");
-        let evaluator = Arc::new(Evaluator::default());
-        let settings = StoreSettings {
-            retention_ms: 3_600_000,
-            max_predictions: 1_000_000,
-            queue_capacity: 16,
-            notify: None,
-        };
-        let mut w = Writer::new(
-            open(&path).expect("the store opens"),
-            path.clone(),
-            settings,
-            Arc::clone(&evaluator),
-            Arc::new(StoreCounters::default()),
-        );
+        let (mut w, evaluator, _) = writer(dir.path());
         // In memory: the champion's row, then two shadows' (one agrees).
         w.write_predictions(&mut vec![record("m", 1, Role::Champion, "a", 1)])
             .expect("written");
@@ -1332,22 +1339,7 @@ mod tests {
     #[test]
     fn rows_go_in_by_chunks_and_a_row_logged_twice_counts_once() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("contender.db");
-        let evaluator = Arc::new(Evaluator::default());
-        let counters = Arc::new(StoreCounters::default());
-        let settings = StoreSettings {
-            retention_ms: 3_600_000,
-            max_predictions: 1_000_000,
-            queue_capacity: 16,
-            notify: None,
-        };
-        let mut w = Writer::new(
-            open(&path).expect("the store opens"),
-            path.clone(),
-            settings,
-            Arc::clone(&evaluator),
-            Arc::clone(&counters),
-        );
+        let (mut w, evaluator, counters) = writer(dir.path());
         let champion = |id: String, label| {
             let mut r = record("m", 1, Role::Champion, &id, label);
             r.compare = false;

@@ -223,6 +223,9 @@ pub struct Writer {
     /// Models whose outcomes grew since the last pruning.
     touched_outcomes: BTreeSet<(String, String, u64)>,
     last_sweep: Instant,
+    /// The last sweep stopped at [`EVICT_STEP`] rows with more to evict: the
+    /// next turn of the loop sweeps again.
+    sweep_pending: bool,
     /// The connection's current `synchronous` setting (`open` sets FULL).
     sync: Sync,
     /// When the oldest prediction in `buffer` was taken from the queue.
@@ -325,6 +328,13 @@ const FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// instead cost about 4 µs of CPU per logged row at 35k rows/s.
 const COMMIT_AFTER: Duration = Duration::from_millis(50);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Most prediction rows one sweep deletes (expired first, then the oldest
+/// beyond the size cap), about 20 ms of work: a sweep that finds more leaves
+/// the rest to the next turn of the loop, so labels and deployment changes
+/// waiting on the writer are served in between. Deleting a row costs about
+/// as much as inserting it (~5 µs), and one statement for the whole excess
+/// (5 % of the default 5,000,000-row cap) held the writer for over a second.
+const EVICT_STEP: u64 = 4096;
 
 impl Writer {
     pub fn new(
@@ -343,6 +353,7 @@ impl Writer {
             buffer: Vec::with_capacity(BATCH),
             touched_outcomes: BTreeSet::new(),
             last_sweep: Instant::now(),
+            sweep_pending: false,
             sync: Sync::Full,
             oldest: None,
             recent: Recent::new(),
@@ -429,7 +440,7 @@ impl Writer {
             }
             let over_cap = self.counters.rows.load(Ordering::Relaxed)
                 > self.settings.max_predictions + self.settings.max_predictions / 20;
-            if over_cap || self.last_sweep.elapsed() >= SWEEP_EVERY {
+            if over_cap || self.sweep_pending || self.last_sweep.elapsed() >= SWEEP_EVERY {
                 self.sweep();
             }
         }
@@ -1143,6 +1154,8 @@ impl Writer {
     /// Retention, the size cap, and pruning outcomes beyond the windows.
     fn sweep(&mut self) {
         self.last_sweep = Instant::now();
+        // A failed sweep is tried again at the next period, not at once.
+        self.sweep_pending = false;
         if let Err(e) = self.try_sweep() {
             tracing::error!(error = %e, "store sweep failed");
         }
@@ -1153,20 +1166,26 @@ impl Writer {
         let err = sqlite_err(&self.path);
         let tx = self.conn.transaction().map_err(&err)?;
         let cutoff = now_ms() - self.settings.retention_ms;
-        let mut evicted = tx
+        // Expired rows first, then the oldest beyond the cap: at most
+        // EVICT_STEP in all (the rest is left to the next sweep).
+        let expired = tx
             .execute(
-                "DELETE FROM predictions WHERE created_ms < ?1",
-                params![cutoff],
+                "DELETE FROM predictions WHERE (deployment, request_id, row, model, version) IN
+                   (SELECT deployment, request_id, row, model, version FROM predictions
+                    WHERE created_ms < ?1 ORDER BY created_ms LIMIT ?2)",
+                params![cutoff, EVICT_STEP as i64],
             )
             .map_err(&err)? as u64;
-        let rows = self
+        let mut rows = self
             .counters
             .rows
             .load(Ordering::Relaxed)
-            .saturating_sub(evicted);
-        if rows > self.settings.max_predictions {
-            let excess = rows - self.settings.max_predictions;
-            evicted += tx
+            .saturating_sub(expired);
+        let mut evicted = expired;
+        let budget = EVICT_STEP - expired;
+        if rows > self.settings.max_predictions && budget > 0 {
+            let excess = (rows - self.settings.max_predictions).min(budget);
+            let capped = tx
                 .execute(
                     "DELETE FROM predictions WHERE (deployment, request_id, row, model, version) IN
                        (SELECT deployment, request_id, row, model, version FROM predictions
@@ -1174,7 +1193,10 @@ impl Writer {
                     params![excess as i64],
                 )
                 .map_err(&err)? as u64;
+            rows = rows.saturating_sub(capped);
+            evicted += capped;
         }
+        let pending = expired == EVICT_STEP || rows > self.settings.max_predictions;
         for (deployment, model, version) in std::mem::take(&mut self.touched_outcomes) {
             let window = self.evaluator.window(&deployment) as i64;
             tx.execute(
@@ -1196,9 +1218,8 @@ impl Writer {
             crate::telemetry::predictions_evicted(evicted);
         }
         tx.commit().map_err(&err)?;
-        self.counters
-            .rows
-            .store(rows.saturating_sub(evicted.min(rows)), Ordering::Relaxed);
+        self.counters.rows.store(rows, Ordering::Relaxed);
+        self.sweep_pending = pending;
         Ok(())
     }
 }
@@ -1249,14 +1270,15 @@ mod tests {
         }
     }
 
-    /// A writer on a fresh store in `dir`, with its evaluator and counters.
-    fn writer(dir: &Path) -> (Writer, Arc<Evaluator>, Arc<StoreCounters>) {
+    /// A writer on a fresh store in `dir` (one hour of retention, at most
+    /// `max_predictions` rows), with its evaluator and counters.
+    fn writer(dir: &Path, max_predictions: u64) -> (Writer, Arc<Evaluator>, Arc<StoreCounters>) {
         let path = dir.join("contender.db");
         let evaluator = Arc::new(Evaluator::default());
         let counters = Arc::new(StoreCounters::default());
         let settings = StoreSettings {
             retention_ms: 3_600_000,
-            max_predictions: 1_000_000,
+            max_predictions,
             queue_capacity: 16,
             notify: None,
         };
@@ -1282,7 +1304,7 @@ mod tests {
     #[test]
     fn agreement_is_counted_from_memory_or_from_the_log() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (mut w, evaluator, _) = writer(dir.path());
+        let (mut w, evaluator, _) = writer(dir.path(), 1_000_000);
         // In memory: the champion's row, then two shadows' (one agrees).
         w.write_predictions(&mut vec![record("m", 1, Role::Champion, "a", 1)])
             .expect("written");
@@ -1339,7 +1361,7 @@ mod tests {
     #[test]
     fn rows_go_in_by_chunks_and_a_row_logged_twice_counts_once() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (mut w, evaluator, counters) = writer(dir.path());
+        let (mut w, evaluator, counters) = writer(dir.path(), 1_000_000);
         let champion = |id: String, label| {
             let mut r = record("m", 1, Role::Champion, &id, label);
             r.compare = false;
@@ -1381,5 +1403,58 @@ mod tests {
                 .expect("logged");
             assert!(prediction.contains(r#""label":1"#), "{id}: {prediction}");
         }
+    }
+
+    /// Expired rows go first, then the oldest beyond the size cap, at most
+    /// `EVICT_STEP` rows a sweep; the row and eviction counters follow what
+    /// is in the log.
+    #[test]
+    fn sweeps_evict_expired_then_oldest_rows_a_step_at_a_time() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cap = 100;
+        let (mut w, _, counters) = writer(dir.path(), cap);
+        let now = now_ms();
+        let at = |i: u64, created_ms: i64| {
+            let mut r = record("m", 1, Role::Champion, &format!("r{i}"), 1);
+            r.compare = false;
+            r.created_ms = created_ms;
+            r
+        };
+        // 10 rows past the one-hour retention, then EVICT_STEP + 140 fresh
+        // ones, a millisecond apart.
+        let fresh = EVICT_STEP + 140;
+        let mut batch: Vec<_> = (0..10).map(|i| at(i, now - 7_200_000)).collect();
+        batch.extend((0..fresh).map(|i| at(100 + i, now - 60_000 + i as i64)));
+        w.write_predictions(&mut batch).expect("written");
+        let logged = |w: &Writer| -> (u64, i64) {
+            w.conn
+                .query_row(
+                    "SELECT COUNT(*), MIN(created_ms) FROM predictions",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .expect("counted")
+        };
+        let counted = || {
+            (
+                counters.rows.load(Ordering::Relaxed),
+                counters.evicted.load(Ordering::Relaxed),
+            )
+        };
+        // One step: the 10 expired rows and EVICT_STEP - 10 of the oldest.
+        w.sweep();
+        assert!(w.sweep_pending);
+        let left = fresh - (EVICT_STEP - 10);
+        assert_eq!(logged(&w), (left, now - 60_000 + (EVICT_STEP - 10) as i64));
+        assert_eq!(counted(), (left, EVICT_STEP));
+        // The next step takes the log down to the cap: the newest rows stay.
+        w.sweep();
+        assert!(!w.sweep_pending);
+        assert_eq!(logged(&w), (cap, now - 60_000 + (fresh - cap) as i64));
+        assert_eq!(counted(), (cap, 10 + fresh - cap));
+        // Nothing more to do.
+        w.sweep();
+        assert!(!w.sweep_pending);
+        assert_eq!(counted(), (cap, 10 + fresh - cap));
     }
 }

@@ -1168,15 +1168,19 @@ impl Writer {
         let tx = self.conn.transaction().map_err(&err)?;
         let cutoff = now_ms() - self.settings.retention_ms;
         // Expired rows first, then the oldest beyond the cap: at most
-        // EVICT_STEP in all (the rest is left to the next sweep).
-        let expired = tx
-            .execute(
+        // EVICT_STEP in all (the rest is left to the next sweep). Both are
+        // the oldest rows: one statement, bounded by time or not.
+        let delete_oldest = |before_ms: i64, limit: u64| {
+            tx.prepare_cached(
                 "DELETE FROM predictions WHERE (deployment, request_id, row, model, version) IN
                    (SELECT deployment, request_id, row, model, version FROM predictions
                     WHERE created_ms < ?1 ORDER BY created_ms LIMIT ?2)",
-                params![cutoff, EVICT_STEP as i64],
             )
-            .map_err(&err)? as u64;
+            .and_then(|mut delete| delete.execute(params![before_ms, limit as i64]))
+            .map(|n| n as u64)
+            .map_err(&err)
+        };
+        let expired = delete_oldest(cutoff, EVICT_STEP)?;
         let mut rows = self
             .counters
             .rows
@@ -1186,14 +1190,7 @@ impl Writer {
         let budget = EVICT_STEP - expired;
         if rows > self.settings.max_predictions && budget > 0 {
             let excess = (rows - self.settings.max_predictions).min(budget);
-            let capped = tx
-                .execute(
-                    "DELETE FROM predictions WHERE (deployment, request_id, row, model, version) IN
-                       (SELECT deployment, request_id, row, model, version FROM predictions
-                        ORDER BY created_ms LIMIT ?1)",
-                    params![excess as i64],
-                )
-                .map_err(&err)? as u64;
+            let capped = delete_oldest(i64::MAX, excess)?;
             rows = rows.saturating_sub(capped);
             evicted += capped;
         }

@@ -186,7 +186,9 @@ section_challengers() {
   gateway_config shadows "$PORT_B" deployed \
     "$(shadow breast_cancer 2)" "$(shadow breast_cancer 3)" "$(shadow breast_cancer 4)"
   start_gateway plain "$PORT_A"
+  local pid_a=${pids[${#pids[@]}-1]}
   start_gateway shadows "$PORT_B"
+  local pid_b=${pids[${#pids[@]}-1]}
   local plain="no challengers" shadows="3 shadows (v2, v3, v4)"
   # Reference: the champion-only gateway with one idle-priority busy thread
   # per CPU beside it (in the load generator): what idle-priority work costs
@@ -208,6 +210,7 @@ section_challengers() {
       --path "$plain=$(infer_url "$PORT_A")" --path "$shadows=$(infer_url "$PORT_B")" \
       --path "$idle=$(infer_url "$PORT_A")" --idle-load "$idle=$cpus" \
       --admin "$plain=$(admin_url "$PORT_A")" --admin "$shadows=$(admin_url "$PORT_B")" \
+      --pid "$plain=$pid_a" --pid "$shadows=$pid_b" --pid "$idle=$pid_a" \
       --holdout "$HOLDOUT" --load "$LOAD" --capacity-of "$of" --capacity-concurrency 32 \
       --max-in-flight 1024 --rounds "$ROUNDS" --duration "$DURATION" --warmup "$WARMUP" \
       --threads "$LOADGEN_THREADS" --max-p99-ratio 1.15 --title "$title" \
@@ -217,7 +220,7 @@ section_challengers() {
   done
   stop_servers
   {
-    echo "Deployment: champion breast_cancer v1 (ONNX logistic regression); the shadows are v2 (ONNX gradient-boosted trees), v3 (ONNX logistic regression) and v4 (TorchScript MLP), each mirrored every request (fraction 1.0) onto its own single worker with a 64-deep queue (the defaults). Drift monitoring and the prediction log are on (defaults) in both gateways. The reference path loads the champion-only gateway while $cpus threads spin at idle priority (\`SCHED_IDLE\`) in the load generator, doing nothing else: how much of the shadows' cost is the machine's, for any idle-priority work."
+    echo "Deployment: champion breast_cancer v1 (ONNX logistic regression); the shadows are v2 (ONNX gradient-boosted trees), v3 (ONNX logistic regression) and v4 (TorchScript MLP), each mirrored every request (fraction 1.0) onto its own single worker with a 64-deep queue (the defaults). Drift monitoring and the prediction log are on (defaults) in both gateways. The reference path loads the champion-only gateway while $cpus threads spin at idle priority (\`SCHED_IDLE\`) in the load generator, doing nothing else: how much of the shadows' cost is the machine's, for any idle-priority work. Server CPU per request is every thread of the gateway process (\`/proc\`), shadows' workers included."
     reproduce challengers ROUNDS DURATION WARMUP LOAD
   } >>"$OUT/challengers.md"
 }

@@ -153,6 +153,19 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 [ -n "$can_pin" ] || echo "taskset not found: the one-vCPU latency runs were skipped" >&2
 
+# CPU per request at concurrency 32, 1 row: what each server process spends
+# (every thread, from /proc) per answered request over the measured window,
+# beside the floor. Throughput on a shared VM moves with the host's phase;
+# this cost moves far less, so it shows where the gateway stands between runs.
+uri() { echo "http://127.0.0.1:$1/v2/models/breast_cancer/infer"; }
+"$LT" compare --path "floor=$(uri "$FLOOR_PORT")" --pid "floor=${pids[0]}" \
+  --path "gateway=$(uri "$GATEWAY_PORT")" --pid "gateway=${pids[1]}" \
+  --path "gateway-pool=$(uri "$POOL_PORT")" --pid "gateway-pool=${pids[2]}" \
+  --path "gateway-shadow=$(uri "$SHADOW_PORT")" --pid "gateway-shadow=${pids[3]}" \
+  --body "$OUT/body-1.json" --rows 1 --concurrency 32 --rounds "$ROUNDS" \
+  --duration "$DURATION" --warmup "$WARMUP" --threads "$LOADGEN_THREADS" \
+  --json "$OUT/cpu.json" --markdown "$OUT/cpu.md" >"$OUT/cpu.log" || failed=1
+
 # Whether the gateways kept up with their prediction logs (a full queue drops records).
 if command -v curl >/dev/null; then
   for port in "$GATEWAY_PORT" "$POOL_PORT" "$SHADOW_PORT"; do
@@ -167,6 +180,10 @@ fi
   echo "CPU idle just before the run: ${idle_before}%; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   "$LT" table --dir "$OUT"
+  echo
+  echo "CPU per request, 1 row, concurrency 32 (\`contender-loadtest compare --pid\`; the floor is the baseline):"
+  echo
+  cat "$OUT/cpu.md"
 } | tee "$OUT/table.md"
 echo "results: $OUT"
 if [ "$failed" -ne 0 ]; then

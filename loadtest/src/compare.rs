@@ -22,6 +22,11 @@
 //! request path on this machine, whoever does it. Its ratio is shown as a
 //! reference, not judged against the targets.
 //!
+//! With `--pid NAME=PID` (the process serving path NAME), the CPU time that
+//! process and the whole machine spent over each measured window is read
+//! from `/proc` and reported per request: a cost that moves far less with
+//! the machine's phase than throughput does.
+//!
 //! On a small shared machine throughput drifts from minute to minute, so the
 //! order of the paths alternates from round to round and ratios are taken
 //! within a round.
@@ -39,6 +44,7 @@ use http_body_util::Full;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cpu::{CpuUse, Meter};
 use crate::http::{self, Target, Window};
 use crate::report::{Report, Setup};
 use crate::table::{spread, stats, verdict};
@@ -53,6 +59,10 @@ pub struct Args {
     /// prediction-log counters are read around every run.
     #[arg(long = "admin")]
     admin: Vec<String>,
+    /// "NAME=PID": the process serving path NAME; its CPU time and the
+    /// machine's over each measured window are reported per request.
+    #[arg(long = "pid")]
+    pids: Vec<String>,
     /// File whose bytes are the (JSON) request body.
     #[arg(long, required_unless_present = "holdout", conflicts_with = "holdout")]
     body: Option<PathBuf>,
@@ -180,6 +190,8 @@ struct Path {
     admin: Option<String>,
     /// Idle-priority busy threads running while it is measured.
     idle_load: usize,
+    /// The process serving it, whose CPU time is metered.
+    pid: Option<u32>,
 }
 
 /// Threads spinning at idle priority (Linux `SCHED_IDLE`) until dropped:
@@ -245,6 +257,7 @@ struct Run {
     round: usize,
     report: Report,
     counters: Option<Counters>,
+    cpu: Option<CpuUse>,
 }
 
 #[derive(Serialize)]
@@ -297,6 +310,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--idle-load {name}={n}: THREADS must be 1..=64"))?;
         idle_load.insert(name, n);
     }
+    let mut pids: BTreeMap<String, u32> = BTreeMap::new();
+    for p in &args.pids {
+        let (name, pid) = split_named(p, "--pid")?;
+        let pid = pid
+            .parse()
+            .with_context(|| format!("--pid {name}={pid}: PID must be a process id"))?;
+        pids.insert(name, pid);
+    }
     let mut paths = Vec::new();
     for p in &args.paths {
         let (name, url) = split_named(p, "--path")?;
@@ -308,6 +329,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             target: Arc::new(Target::json_bodies(&url, bodies.clone(), timeout)?),
             admin: admin.remove(&name),
             idle_load: idle_load.remove(&name).unwrap_or(0),
+            pid: pids.remove(&name),
             name,
         });
     }
@@ -316,6 +338,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(name) = idle_load.keys().next() {
         bail!("--idle-load {name}=… names no --path");
+    }
+    if let Some(name) = pids.keys().next() {
+        bail!("--pid {name}=… names no --path");
     }
     ensure!(
         paths[0].idle_load == 0,
@@ -396,6 +421,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             let idle = (p.idle_load > 0)
                 .then(|| IdleLoad::start(p.idle_load))
                 .transpose()?;
+            let meter = p
+                .pid
+                .map(|pid| Meter::start(pid, window.measure_from, window.end))
+                .transpose()?;
             let rec = match rate {
                 Some(rate) => http::open_loop(&rt, &p.target, rate, args.max_in_flight, window),
                 None => rt.block_on(http::closed_loop(
@@ -416,9 +445,18 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 duration_s: args.duration,
             };
             drop(idle);
+            let cpu = meter.map(Meter::finish).transpose()?;
             let report = rec.finish(setup, window.end - window.measure_from);
             if report.emit(None)? != ExitCode::SUCCESS {
                 failed = true;
+            }
+            if let Some(c) = cpu {
+                println!(
+                    "  CPU per request: server {:.1} µs, machine {:.1} µs (steal {:.1} µs)",
+                    per_request(c.process_s, &report),
+                    per_request(c.machine_s, &report),
+                    per_request(c.steal_s, &report),
+                );
             }
             let counters = match (&p.admin, before) {
                 (Some(url), Some(before)) => {
@@ -439,6 +477,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 round,
                 report,
                 counters,
+                cpu,
             });
         }
     }
@@ -467,6 +506,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Microseconds of CPU per request answered in the measured window.
+fn per_request(seconds: f64, r: &Report) -> f64 {
+    if r.requests == 0 {
+        return 0.0;
+    }
+    seconds * 1e6 / r.requests as f64
+}
+
 /// Median over the runs of `name` of `f`, with the range.
 fn over(runs: &[&Run], f: impl Fn(&Report) -> f64) -> (f64, f64, f64) {
     stats(runs.iter().map(|r| f(&r.report)).collect()).unwrap_or((0.0, 0.0, 0.0))
@@ -488,6 +535,24 @@ fn paired(
                     .find(|q| q.path == base && q.round == r.round)
                     .map(|q| f(&q.report))?;
                 (b > 0.0).then(|| f(&r.report) / b)
+            })
+            .collect(),
+    )
+}
+
+/// Per-round ratio of the server's CPU per request, `path` to `base`.
+fn paired_cpu(runs: &[Run], path: &str, base: &str) -> Option<(f64, f64, f64)> {
+    let cost = |r: &Run| r.cpu.map(|c| per_request(c.process_s, &r.report));
+    stats(
+        runs.iter()
+            .filter(|r| r.path == path)
+            .filter_map(|r| {
+                let b = runs
+                    .iter()
+                    .find(|q| q.path == base && q.round == r.round)
+                    .and_then(cost)?;
+                let c = cost(r)?;
+                (b > 0.0).then(|| c / b)
             })
             .collect(),
     )
@@ -540,6 +605,7 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
         }
     );
     let with_counters = out.runs.iter().any(|r| r.counters.is_some());
+    let with_cpu = out.runs.iter().any(|r| r.cpu.is_some());
     let with_capacity = !out.capacity.is_empty();
     md.push_str("| path |");
     if with_capacity {
@@ -549,6 +615,9 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
     if with_counters {
         md.push_str(" mirrored | mirror drops (queue full) | mirror errors + timeouts | prediction-log drops |");
     }
+    if with_cpu {
+        md.push_str(" server CPU µs/req | machine CPU µs/req | steal µs/req |");
+    }
     md.push_str("\n| --- |");
     if with_capacity {
         md.push_str(" ---: |");
@@ -556,6 +625,9 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
     md.push_str(" ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     if with_counters {
         md.push_str(" ---: | ---: | ---: | ---: |");
+    }
+    if with_cpu {
+        md.push_str(" ---: | ---: | ---: |");
     }
     md.push('\n');
     for p in paths {
@@ -596,9 +668,39 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
                 md.push_str(" — | — | — | — |");
             }
         }
+        if with_cpu {
+            let cpu = |f: fn(&CpuUse) -> f64| {
+                stats(
+                    runs.iter()
+                        .filter_map(|r| r.cpu.as_ref().map(|c| per_request(f(c), &r.report)))
+                        .collect(),
+                )
+            };
+            match cpu(|c| c.process_s) {
+                Some(server) => {
+                    let _ = write!(
+                        md,
+                        " {} | {} | {:.1} |",
+                        spread(server, 1),
+                        spread(cpu(|c| c.machine_s).unwrap_or_default(), 1),
+                        cpu(|c| c.steal_s).unwrap_or_default().0,
+                    );
+                }
+                None => md.push_str(" — | — | — |"),
+            }
+        }
         md.push('\n');
     }
-    md.push_str("\n| path ÷ baseline (paired per round) | throughput | p50 | p99 | p99.9 | target |\n| --- | ---: | ---: | ---: | ---: | --- |\n");
+    let cpu_paired = with_cpu && paths[0].pid.is_some();
+    md.push_str("\n| path ÷ baseline (paired per round) | throughput | p50 | p99 | p99.9 |");
+    if cpu_paired {
+        md.push_str(" server CPU per request |");
+    }
+    md.push_str(" target |\n| --- | ---: | ---: | ---: | ---: |");
+    if cpu_paired {
+        md.push_str(" ---: |");
+    }
+    md.push_str(" --- |\n");
     for p in &paths[1..] {
         let ratio = |f: fn(&Report) -> f64| paired(&out.runs, &p.name, base, f);
         let fmt = |s: Option<(f64, f64, f64)>| s.map_or_else(|| "—".into(), |s| spread(s, 2));
@@ -616,14 +718,26 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
         if let (Some(max), Some(t), 0) = (args.max_p99_ratio, p99, p.idle_load) {
             targets.push(format!("p99 ≤ {max:.2}×: {}", verdict(t.0 <= max)));
         }
-        let _ = writeln!(
+        let _ = write!(
             md,
-            "| {} ÷ {base} | {}× | {}× | {}× | {}× | {} |",
+            "| {} ÷ {base} | {}× | {}× | {}× | {}× |",
             p.name,
             fmt(thr),
             fmt(ratio(|r| r.latency_us.p50 as f64)),
             fmt(p99),
             fmt(ratio(|r| r.latency_us.p999 as f64)),
+        );
+        if cpu_paired {
+            let _ = write!(
+                md,
+                " {} |",
+                paired_cpu(&out.runs, &p.name, base)
+                    .map_or_else(|| "—".into(), |s| format!("{}×", spread(s, 2)))
+            );
+        }
+        let _ = writeln!(
+            md,
+            " {} |",
             if targets.is_empty() {
                 "—".into()
             } else {
@@ -699,6 +813,53 @@ mod tests {
         assert_eq!(policies_of("idle-load-1"), [SCHED_IDLE]);
         drop(load);
         assert!(policies_of("idle-load-0").is_empty(), "stopped and joined");
+    }
+
+    fn run_of(path: &str, round: usize, requests: u64, cpu_s: Option<f64>) -> Run {
+        let report: Report = serde_json::from_value(json!({
+            "setup": {"source": "http", "target": "t", "mode": "closed", "concurrency": 32,
+                      "rate": null, "max_in_flight": null, "rows": 1,
+                      "warmup_s": 1.0, "duration_s": 3.0},
+            "measured_s": 3.0, "requests": requests, "throughput_rps": requests as f64 / 3.0,
+            "latency_us": {"p50": 1, "p90": 1, "p99": 1, "p999": 1, "max": 1, "mean": 1.0},
+            "errors": {}, "error_total": 0,
+        }))
+        .expect("a report");
+        Run {
+            path: path.into(),
+            round,
+            report,
+            counters: None,
+            cpu: cpu_s.map(|s| CpuUse {
+                process_s: s,
+                machine_s: 2.0 * s,
+                steal_s: 0.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn cpu_per_request_is_paired_by_round() {
+        // 1 s of CPU over 100,000 requests: 10 µs a request.
+        let base = run_of("floor", 1, 100_000, Some(1.0));
+        assert!((per_request(1.0, &base.report) - 10.0).abs() < 1e-9);
+        assert_eq!(per_request(1.0, &run_of("x", 1, 0, None).report), 0.0);
+        let runs = vec![
+            base,
+            run_of("gateway", 1, 50_000, Some(1.0)), // 20 µs: 2×
+            run_of("floor", 2, 100_000, Some(2.0)),  // 20 µs
+            run_of("gateway", 2, 100_000, Some(3.0)), // 30 µs: 1.5×
+            run_of("gateway", 3, 100_000, Some(3.0)), // no baseline in round 3
+            run_of("floor", 4, 100_000, None),
+            run_of("gateway", 4, 100_000, Some(3.0)), // no baseline CPU
+        ];
+        let (median, lo, hi) = paired_cpu(&runs, "gateway", "floor").expect("two pairs");
+        assert!(
+            (lo - 1.5).abs() < 1e-9 && (hi - 2.0).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        assert!((median - 1.75).abs() < 1e-9, "{median}");
+        assert!(paired_cpu(&runs, "other", "floor").is_none());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - `table`: the markdown comparison table from a directory of results.
 //! - `compare`: several paths (gateway configurations) side by side in
 //!   interleaved rounds, paired ratios against the first: closed-loop
-//!   throughput, or open-loop latency at a share of measured capacity.
+//!   throughput, or open-loop latency at a share of measured capacity;
+//!   with `--pid`, the CPU each server process spends per request.
 //! - `feedback`: label ingestion rate (single and batched posts) after
 //!   preparing request ids with real inference requests.
 //! - `swap`: latency and failures around promotions and rollbacks made
@@ -21,6 +22,7 @@
 
 mod body;
 mod compare;
+mod cpu;
 mod feedback;
 mod floor;
 mod http;

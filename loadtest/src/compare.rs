@@ -519,12 +519,13 @@ fn over(runs: &[&Run], f: impl Fn(&Report) -> f64) -> (f64, f64, f64) {
     stats(runs.iter().map(|r| f(&r.report)).collect()).unwrap_or((0.0, 0.0, 0.0))
 }
 
-/// Per-round ratio `f(path) / f(baseline)`, median and range.
-fn paired(
+/// Per-round ratio `f(path run) / f(baseline run)`, median and range; a
+/// round where either has no value is left out.
+fn paired_by(
     runs: &[Run],
     path: &str,
     base: &str,
-    f: impl Fn(&Report) -> f64,
+    f: impl Fn(&Run) -> Option<f64>,
 ) -> Option<(f64, f64, f64)> {
     stats(
         runs.iter()
@@ -533,29 +534,45 @@ fn paired(
                 let b = runs
                     .iter()
                     .find(|q| q.path == base && q.round == r.round)
-                    .map(|q| f(&q.report))?;
-                (b > 0.0).then(|| f(&r.report) / b)
+                    .and_then(&f)?;
+                let v = f(r)?;
+                (b > 0.0).then(|| v / b)
             })
             .collect(),
     )
 }
 
+/// Per-round ratio `f(path) / f(baseline)` of a report figure.
+fn paired(
+    runs: &[Run],
+    path: &str,
+    base: &str,
+    f: impl Fn(&Report) -> f64,
+) -> Option<(f64, f64, f64)> {
+    paired_by(runs, path, base, |r| Some(f(&r.report)))
+}
+
 /// Per-round ratio of the server's CPU per request, `path` to `base`.
 fn paired_cpu(runs: &[Run], path: &str, base: &str) -> Option<(f64, f64, f64)> {
-    let cost = |r: &Run| r.cpu.map(|c| per_request(c.process_s, &r.report));
-    stats(
-        runs.iter()
-            .filter(|r| r.path == path)
-            .filter_map(|r| {
-                let b = runs
-                    .iter()
-                    .find(|q| q.path == base && q.round == r.round)
-                    .and_then(cost)?;
-                let c = cost(r)?;
-                (b > 0.0).then(|| c / b)
-            })
-            .collect(),
-    )
+    paired_by(runs, path, base, |r| {
+        r.cpu.map(|c| per_request(c.process_s, &r.report))
+    })
+}
+
+/// A markdown table's head row and alignment row: the first column left,
+/// the others right, and the last left too when `last_left`.
+fn table_head(md: &mut String, titles: &[String], last_left: bool) {
+    md.push('|');
+    for t in titles {
+        let _ = write!(md, " {t} |");
+    }
+    md.push('\n');
+    md.push('|');
+    for i in 0..titles.len() {
+        let left = i == 0 || (last_left && i + 1 == titles.len());
+        md.push_str(if left { " --- |" } else { " ---: |" });
+    }
+    md.push('\n');
 }
 
 fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
@@ -607,29 +624,38 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
     let with_counters = out.runs.iter().any(|r| r.counters.is_some());
     let with_cpu = out.runs.iter().any(|r| r.cpu.is_some());
     let with_capacity = !out.capacity.is_empty();
-    md.push_str("| path |");
+    let mut titles = vec!["path".to_owned()];
     if with_capacity {
-        let _ = write!(md, " capacity req/s (c{}) |", args.capacity_concurrency);
+        titles.push(format!("capacity req/s (c{})", args.capacity_concurrency));
     }
-    md.push_str(" req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | failed |");
+    titles.extend(
+        [
+            "req/s",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "failed",
+        ]
+        .map(String::from),
+    );
     if with_counters {
-        md.push_str(" mirrored | mirror drops (queue full) | mirror errors + timeouts | prediction-log drops |");
+        titles.extend(
+            [
+                "mirrored",
+                "mirror drops (queue full)",
+                "mirror errors + timeouts",
+                "prediction-log drops",
+            ]
+            .map(String::from),
+        );
     }
     if with_cpu {
-        md.push_str(" server CPU µs/req | machine CPU µs/req | steal µs/req |");
+        titles
+            .extend(["server CPU µs/req", "machine CPU µs/req", "steal µs/req"].map(String::from));
     }
-    md.push_str("\n| --- |");
-    if with_capacity {
-        md.push_str(" ---: |");
-    }
-    md.push_str(" ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    if with_counters {
-        md.push_str(" ---: | ---: | ---: | ---: |");
-    }
-    if with_cpu {
-        md.push_str(" ---: | ---: | ---: |");
-    }
-    md.push('\n');
+    table_head(&mut md, &titles, false);
     for p in paths {
         let runs: Vec<&Run> = out.runs.iter().filter(|r| r.path == p.name).collect();
         if runs.is_empty() {
@@ -692,15 +718,21 @@ fn markdown(args: &Args, paths: &[Path], out: &Output) -> String {
         md.push('\n');
     }
     let cpu_paired = with_cpu && paths[0].pid.is_some();
-    md.push_str("\n| path ÷ baseline (paired per round) | throughput | p50 | p99 | p99.9 |");
+    let mut titles = [
+        "path ÷ baseline (paired per round)",
+        "throughput",
+        "p50",
+        "p99",
+        "p99.9",
+    ]
+    .map(String::from)
+    .to_vec();
     if cpu_paired {
-        md.push_str(" server CPU per request |");
+        titles.push("server CPU per request".into());
     }
-    md.push_str(" target |\n| --- | ---: | ---: | ---: | ---: |");
-    if cpu_paired {
-        md.push_str(" ---: |");
-    }
-    md.push_str(" --- |\n");
+    titles.push("target".into());
+    md.push('\n');
+    table_head(&mut md, &titles, true);
     for p in &paths[1..] {
         let ratio = |f: fn(&Report) -> f64| paired(&out.runs, &p.name, base, f);
         let fmt = |s: Option<(f64, f64, f64)>| s.map_or_else(|| "—".into(), |s| spread(s, 2));

@@ -276,6 +276,30 @@ fn split_named(s: &str, what: &str) -> anyhow::Result<(String, String)> {
     Ok((name.to_owned(), url.to_owned()))
 }
 
+/// The `NAME=VALUE` options `values` of `flag`, by name, each value read by
+/// `parse(name, value)`.
+fn by_name<T>(
+    values: &[String],
+    flag: &str,
+    parse: impl Fn(&str, String) -> anyhow::Result<T>,
+) -> anyhow::Result<BTreeMap<String, T>> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let (name, value) = split_named(v, flag)?;
+        let value = parse(&name, value)?;
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// Fails when a `flag` option is left over: its name is no `--path`'s.
+fn all_taken<T>(left: &BTreeMap<String, T>, flag: &str) -> anyhow::Result<()> {
+    match left.keys().next() {
+        Some(name) => bail!("{flag} {name}=… names no --path"),
+        None => Ok(()),
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     ensure!(args.paths.len() >= 2, "give at least two --path NAME=URL");
     ensure!((1..=100).contains(&args.rounds), "--rounds must be 1..=100");
@@ -294,30 +318,20 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give --body or --holdout"),
     };
     let timeout = Duration::from_secs_f64(args.timeout);
-    let mut admin: BTreeMap<String, String> = BTreeMap::new();
-    for a in &args.admin {
-        let (name, url) = split_named(a, "--admin")?;
+    let mut admin = by_name(&args.admin, "--admin", |_, url| {
         http::parse_url(&url)?;
-        admin.insert(name, url);
-    }
-    let mut idle_load: BTreeMap<String, usize> = BTreeMap::new();
-    for l in &args.idle_load {
-        let (name, n) = split_named(l, "--idle-load")?;
-        let n: usize = n
-            .parse()
+        Ok(url)
+    })?;
+    let mut idle_load = by_name(&args.idle_load, "--idle-load", |name, n| {
+        n.parse()
             .ok()
             .filter(|n| (1..=64).contains(n))
-            .with_context(|| format!("--idle-load {name}={n}: THREADS must be 1..=64"))?;
-        idle_load.insert(name, n);
-    }
-    let mut pids: BTreeMap<String, u32> = BTreeMap::new();
-    for p in &args.pids {
-        let (name, pid) = split_named(p, "--pid")?;
-        let pid = pid
-            .parse()
-            .with_context(|| format!("--pid {name}={pid}: PID must be a process id"))?;
-        pids.insert(name, pid);
-    }
+            .with_context(|| format!("--idle-load {name}={n}: THREADS must be 1..=64"))
+    })?;
+    let mut pids = by_name(&args.pids, "--pid", |name, pid| {
+        pid.parse::<u32>()
+            .with_context(|| format!("--pid {name}={pid}: PID must be a process id"))
+    })?;
     let mut paths = Vec::new();
     for p in &args.paths {
         let (name, url) = split_named(p, "--path")?;
@@ -333,15 +347,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             name,
         });
     }
-    if let Some(name) = admin.keys().next() {
-        bail!("--admin {name}=… names no --path");
-    }
-    if let Some(name) = idle_load.keys().next() {
-        bail!("--idle-load {name}=… names no --path");
-    }
-    if let Some(name) = pids.keys().next() {
-        bail!("--pid {name}=… names no --path");
-    }
+    all_taken(&admin, "--admin")?;
+    all_taken(&idle_load, "--idle-load")?;
+    all_taken(&pids, "--pid")?;
     ensure!(
         paths[0].idle_load == 0,
         "the baseline ({}) cannot have --idle-load",

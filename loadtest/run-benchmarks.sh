@@ -157,9 +157,15 @@ done
 # (every thread, from /proc) per answered request over the measured window,
 # beside the floor. Throughput on a shared VM moves with the host's phase;
 # this cost moves far less, so it shows where the gateway stands between runs.
+# "gateway-model" is the same gateway process asked for the repository model
+# itself (/v2/models/breast_cancer/versions/1/infer): the serving core without
+# what a deployment adds per request (routing, the durable prediction log,
+# drift sampling).
 uri() { echo "http://127.0.0.1:$1/v2/models/breast_cancer/infer"; }
 "$LT" compare --path "floor=$(uri "$FLOOR_PORT")" --pid "floor=${pids[0]}" \
   --path "gateway=$(uri "$GATEWAY_PORT")" --pid "gateway=${pids[1]}" \
+  --path "gateway-model=http://127.0.0.1:$GATEWAY_PORT/v2/models/breast_cancer/versions/1/infer" \
+  --pid "gateway-model=${pids[1]}" \
   --path "gateway-pool=$(uri "$POOL_PORT")" --pid "gateway-pool=${pids[2]}" \
   --path "gateway-shadow=$(uri "$SHADOW_PORT")" --pid "gateway-shadow=${pids[3]}" \
   --body "$OUT/body-1.json" --rows 1 --concurrency 32 --rounds "$ROUNDS" \

@@ -94,10 +94,13 @@ start_gateway gateway-pool "$POOL_PORT" loadtest/benchmark.toml CONTENDER_RUNTIM
 start_gateway gateway-shadow "$SHADOW_PORT" loadtest/benchmark-shadow.toml
 
 failed=0
+# The infer URL of breast_cancer on a local port: the deployment, or with a
+# suffix such as /versions/1 the repository model itself.
+uri() { echo "http://127.0.0.1:$1/v2/models/breast_cancer${2:-}/infer"; }
 http_run() { # name port rows concurrency round
   local name=$1 port=$2 rows=$3 conc=$4 round=$5
   echo "== round $round: $name, $rows row(s)/request, concurrency $conc"
-  "$LT" http --url "http://127.0.0.1:$port/v2/models/breast_cancer/infer" \
+  "$LT" http --url "$(uri "$port")" \
     --body "$OUT/body-$rows.json" --rows "$rows" --concurrency "$conc" \
     --duration "$DURATION" --warmup "$WARMUP" --threads "$LOADGEN_THREADS" \
     --json "$OUT/$name-b$rows-c$conc-r$round.json" || failed=1
@@ -123,7 +126,7 @@ pinned_run() { # name port pid round: 1 row, concurrency 1, all on PIN_CPU
   local name=$1 port=$2 pid=$3 round=$4
   echo "== round $round: $name-1cpu, 1 row/request, concurrency 1, one vCPU"
   taskset -a -p -c "$PIN_CPU" "$pid" >/dev/null
-  taskset -c "$PIN_CPU" "$LT" http --url "http://127.0.0.1:$port/v2/models/breast_cancer/infer" \
+  taskset -c "$PIN_CPU" "$LT" http --url "$(uri "$port")" \
     --body "$OUT/body-1.json" --rows 1 --concurrency 1 \
     --duration "$DURATION" --warmup "$WARMUP" --threads "$LOADGEN_THREADS" \
     --json "$OUT/$name-1cpu-b1-c1-r$round.json" || failed=1
@@ -161,10 +164,9 @@ done
 # itself (/v2/models/breast_cancer/versions/1/infer): the serving core without
 # what a deployment adds per request (routing, the durable prediction log,
 # drift sampling).
-uri() { echo "http://127.0.0.1:$1/v2/models/breast_cancer/infer"; }
 "$LT" compare --path "floor=$(uri "$FLOOR_PORT")" --pid "floor=${pids[0]}" \
   --path "gateway=$(uri "$GATEWAY_PORT")" --pid "gateway=${pids[1]}" \
-  --path "gateway-model=http://127.0.0.1:$GATEWAY_PORT/v2/models/breast_cancer/versions/1/infer" \
+  --path "gateway-model=$(uri "$GATEWAY_PORT" /versions/1)" \
   --pid "gateway-model=${pids[1]}" \
   --path "gateway-pool=$(uri "$POOL_PORT")" --pid "gateway-pool=${pids[2]}" \
   --path "gateway-shadow=$(uri "$SHADOW_PORT")" --pid "gateway-shadow=${pids[3]}" \

@@ -292,6 +292,12 @@ fn by_name<T>(
     Ok(out)
 }
 
+/// The process id of `--pid NAME=PID`.
+fn pid_of(name: &str, pid: String) -> anyhow::Result<u32> {
+    pid.parse()
+        .with_context(|| format!("--pid {name}={pid}: PID must be a process id"))
+}
+
 /// Fails when a `flag` option is left over: its name is no `--path`'s.
 fn all_taken<T>(left: &BTreeMap<String, T>, flag: &str) -> anyhow::Result<()> {
     match left.keys().next() {
@@ -328,10 +334,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .filter(|n| (1..=64).contains(n))
             .with_context(|| format!("--idle-load {name}={n}: THREADS must be 1..=64"))
     })?;
-    let mut pids = by_name(&args.pids, "--pid", |name, pid| {
-        pid.parse::<u32>()
-            .with_context(|| format!("--pid {name}={pid}: PID must be a process id"))
-    })?;
+    let mut pids = by_name(&args.pids, "--pid", pid_of)?;
     let mut paths = Vec::new();
     for p in &args.paths {
         let (name, url) = split_named(p, "--path")?;
@@ -910,5 +913,25 @@ mod tests {
         );
         assert!(split_named("http://x", "--path").is_err());
         assert!(split_named("=http://x", "--path").is_err());
+    }
+
+    #[test]
+    fn named_options_are_read_by_name_and_must_name_a_path() {
+        let args = ["gateway=42".to_owned(), "floor=7".to_owned()];
+        let mut pids = by_name(&args, "--pid", pid_of).expect("read");
+        assert_eq!(pids.get("gateway"), Some(&42));
+        assert_eq!(pids.get("floor"), Some(&7));
+        let e = by_name(&["gateway=x".to_owned()], "--pid", pid_of).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--pid gateway=x: PID must be"),
+            "{e:#}"
+        );
+        assert!(by_name(&["42".to_owned()], "--pid", pid_of).is_err());
+        // Each path takes its own; one left over names no path.
+        assert_eq!(pids.remove("gateway"), Some(42));
+        let e = all_taken(&pids, "--pid").unwrap_err();
+        assert_eq!(e.to_string(), "--pid floor=… names no --path");
+        pids.remove("floor");
+        assert!(all_taken(&pids, "--pid").is_ok());
     }
 }

@@ -32,13 +32,17 @@ pub struct AppState {
 /// The router, without a socket (handler tests can drive it directly).
 pub fn app(state: Arc<AppState>) -> Router {
     use axum::middleware::from_fn_with_state;
+    // Feedback changes durable state: never for another origin's page.
+    let feedback = Router::new()
+        .route("/v2/models/{name}/feedback", post(feedback::feedback))
+        .route_layer(axum::middleware::from_fn(auth::not_cross_origin));
     let inference = Router::new()
         .route("/v2/models/{name}/infer", post(infer::infer))
-        .route("/v2/models/{name}/feedback", post(feedback::feedback))
         .route(
             "/v2/models/{name}/versions/{version}/infer",
             post(infer::infer_v),
-        );
+        )
+        .merge(feedback);
     // The token check wraps the routes only when a token is configured: the
     // layer costs every request a boxed future even when it lets it through.
     let inference = if state.gateway.config().server.inference_token.is_some() {

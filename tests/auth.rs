@@ -586,3 +586,90 @@ async fn wait_admin(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A browser page from another origin cannot post labels or change a
+/// deployment, even where no token is configured and the admin API trusts
+/// local clients; the gateway's own origin and non-browser clients can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_browser_requests_cannot_change_state() {
+    let ts = TestServer::start_with("", SHADOW).await;
+    ts.wait_all_loaded().await;
+    let (status, answer) = ts
+        .post_json(
+            "/v2/models/breast_cancer/infer",
+            &classifier_request(&breast_cancer_features()[..1]),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let label = json!({"id": answer["id"], "label": 1}).to_string();
+    let own_origin = ts.url("").trim_end_matches('/').to_owned();
+    let cross = |req: reqwest::RequestBuilder, how: &str| match how {
+        "origin" => req.header("origin", "http://evil.example"),
+        "port" => req.header(
+            "origin",
+            own_origin.replace(|c: char| c.is_ascii_digit(), "9"),
+        ),
+        "fetch" => req
+            .header("sec-fetch-site", "cross-site")
+            .header("origin", own_origin.as_str()),
+        _ => unreachable!(),
+    };
+
+    for how in ["origin", "port", "fetch"] {
+        // A "simple" request: no preflight would stop it in a browser.
+        let r = cross(
+            ts.client
+                .post(ts.url("/v2/models/breast_cancer/feedback"))
+                .header("content-type", "text/plain")
+                .body(label.clone()),
+            how,
+        )
+        .send()
+        .await
+        .expect("feedback");
+        let status = r.status();
+        let body: Value = r.json().await.expect("a JSON error");
+        assert_error(status, &body, 403, &["cross-origin"]);
+
+        let r = cross(
+            ts.client
+                .delete(ts.url("/admin/deployments/breast_cancer/challengers/breast_cancer/2")),
+            how,
+        )
+        .send()
+        .await
+        .expect("remove");
+        let status = r.status();
+        let body: Value = r.json().await.expect("a JSON error");
+        assert_error(status, &body, 403, &["cross-origin"]);
+    }
+
+    // Nothing changed: the challenger is there and the label is new.
+    let (status, d) = ts.get_json("/admin/deployments/breast_cancer").await;
+    assert_eq!(status, 200, "{d}");
+    assert!(challenger_of(&d, "breast_cancer", 2).is_some(), "{d}");
+    // The gateway's own origin (its pages) and plain clients are served.
+    let r = ts
+        .client
+        .post(ts.url("/v2/models/breast_cancer/feedback"))
+        .header("origin", own_origin.as_str())
+        .header("content-type", "application/json")
+        .body(label.clone())
+        .send()
+        .await
+        .expect("feedback");
+    let status = r.status();
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "accepted", "{body}");
+    let (status, _, body) = send(
+        &ts,
+        Method::GET,
+        "/admin/deployments/breast_cancer",
+        Auth::None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    ts.stop().await;
+}

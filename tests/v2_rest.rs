@@ -54,7 +54,8 @@ async fn model_metadata_for_deployments_and_repository_models() {
     let (status, m) = s.get_json("/v2/models/breast_cancer").await;
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["name"], "breast_cancer");
-    assert_eq!(m["versions"], json!(["1"]));
+    // Every version `/v2/models/breast_cancer/versions/{v}` serves.
+    assert_eq!(m["versions"], json!(["1", "2", "3", "4"]));
     assert_eq!(m["platform"], "onnx_onnxv1");
     assert_eq!(
         m["inputs"],
@@ -713,6 +714,168 @@ async fn limits_are_enforced() {
         "name": "input", "shape": [5, 10], "datatype": "FP32", "data": vec![0.0; 50]
     }]});
     let (status, body) = s.post_json("/v2/models/diabetes/infer", &diabetes).await;
+    assert_eq!(status, 200, "{body}");
+    s.stop().await;
+}
+
+fn compressed(encoding: &str, body: &[u8]) -> Vec<u8> {
+    use flate2::Compression;
+    use std::io::Write;
+    match encoding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), Compression::default());
+            e.write_all(body).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), Compression::default());
+            e.write_all(body).expect("zlib");
+            e.finish().expect("zlib")
+        }
+        "raw-deflate" => {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), Compression::default());
+            e.write_all(body).expect("deflate");
+            e.finish().expect("deflate")
+        }
+        other => panic!("no encoder for {other}"),
+    }
+}
+
+/// Request bodies compressed with gzip or deflate (`Content-Encoding`, as
+/// `tritonclient` sends them with `request_compression_algorithm`) are
+/// inflated under the same size limit; other encodings get 415.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_request_bodies() {
+    let s = TestServer::start_with("max_body_bytes = 4096", "").await;
+    let infer = "/v2/models/breast_cancer/infer";
+    let plain =
+        serde_json::to_vec(&classifier_request(&breast_cancer_features()[..2])).expect("json");
+    let post = |encoding: &'static str, body: Vec<u8>| {
+        s.client
+            .post(s.url(infer))
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+    };
+
+    for (header, encoder) in [
+        ("gzip", "gzip"),
+        ("GZIP", "gzip"),
+        ("x-gzip", "gzip"),
+        ("deflate", "deflate"),
+        ("deflate", "raw-deflate"),
+    ] {
+        let (status, body) = json_of(
+            post(header, compressed(encoder, &plain))
+                .await
+                .expect("infer"),
+        )
+        .await;
+        assert_eq!(status, 200, "{header} ({encoder}): {body}");
+        assert_eq!(
+            i64_data(output(&body, "label")),
+            expected_labels("breast_cancer", 1, &[0, 1]),
+            "{header} ({encoder})"
+        );
+    }
+
+    // Feedback takes compressed bodies too.
+    let r = s
+        .client
+        .post(s.url(infer))
+        .json(&classifier_request(&breast_cancer_features()[..1]))
+        .send()
+        .await
+        .expect("infer");
+    let (status, answer) = json_of(r).await;
+    assert_eq!(status, 200, "{answer}");
+    let label = serde_json::to_vec(&json!({"id": answer["id"], "label": 1})).expect("json");
+    let r = s
+        .client
+        .post(s.url("/v2/models/breast_cancer/feedback"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(compressed("gzip", &label))
+        .send()
+        .await
+        .expect("feedback");
+    let (status, body) = json_of(r).await;
+    assert_eq!(status, 200, "{body}");
+
+    // An encoding contender does not speak.
+    let (status, body) = json_of(post("br", plain.clone()).await.expect("infer")).await;
+    assert_error(status, &body, 415, &["br", "gzip"]);
+    // A body that is not what its header says.
+    let (status, body) = json_of(post("gzip", plain.clone()).await.expect("infer")).await;
+    assert_error(status, &body, 400, &["gzip", "inflated"]);
+    let mut truncated = compressed("gzip", &plain);
+    truncated.truncate(truncated.len() / 2);
+    let (status, body) = json_of(post("gzip", truncated).await.expect("infer")).await;
+    assert_error(status, &body, 400, &["gzip"]);
+    // Small compressed, over the limit inflated (a compression bomb).
+    let mut padded = plain.clone();
+    padded.splice(1..1, std::iter::repeat_n(b' ', 200_000));
+    let bomb = compressed("gzip", &padded);
+    assert!(bomb.len() < 4096, "{} bytes", bomb.len());
+    let (status, body) = json_of(post("gzip", bomb).await.expect("infer")).await;
+    assert_error(status, &body, 413, &["4096", "inflated"]);
+    // The server still answers.
+    let (status, body) = json_of(
+        post("gzip", compressed("gzip", &plain))
+            .await
+            .expect("infer"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    s.stop().await;
+}
+
+/// Any text id comes back in the body and, as UTF-8, in `x-request-id`; an id
+/// with a control character (which no header can carry) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_in_any_script_are_echoed() {
+    let s = TestServer::start().await;
+    for path in [
+        "/v2/models/breast_cancer/infer",
+        "/v2/models/breast_cancer/versions/2/infer",
+    ] {
+        let mut req = one_row();
+        req["id"] = json!("commande-é-€-注文");
+        let r = s
+            .client
+            .post(s.url(path))
+            .json(&req)
+            .send()
+            .await
+            .expect("infer");
+        let header = r
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.as_bytes().to_vec());
+        let (status, body) = json_of(r).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["id"], "commande-é-€-注文");
+        assert_eq!(
+            header.as_deref(),
+            Some("commande-é-€-注文".as_bytes()),
+            "{path}"
+        );
+
+        for bad in ["line\nbreak", "tab\there", "nul\u{0}", "del\u{7f}"] {
+            let mut req = one_row();
+            req["id"] = json!(bad);
+            let (status, body) = s.post_json(path, &req).await;
+            assert_error(status, &body, 400, &["control character"]);
+        }
+    }
+    // A label for the non-ASCII id joins its prediction.
+    let (status, body) = s
+        .post_json(
+            "/v2/models/breast_cancer/feedback",
+            &json!({"id": "commande-é-€-注文", "label": 0}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     s.stop().await;
 }

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Gone,
     /// Missing or wrong credentials.
     Unauthorized,
+    /// Refused whatever the credentials (a cross-origin browser request).
+    Forbidden,
     /// Content type or encoding not served.
     UnsupportedMediaType,
     /// Model loading, not ready, or its queue is full.
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::Gone => "gone",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Unsupported => "unsupported",
@@ -60,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Gone => StatusCode::GONE,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,

@@ -1,6 +1,14 @@
 //! Bearer-token access control: the admin API, and optionally inference and
 //! feedback. Tokens are compared in constant time; a refused request gets
 //! 401 and changes nothing.
+//!
+//! The admin API and feedback also refuse (403) requests a browser sends on
+//! behalf of a page from another origin. Without this, any web page open on
+//! the gateway's machine could post a label or roll a deployment back with a
+//! "simple" cross-origin request (a form or `fetch` with a `text/plain`
+//! body needs no CORS preflight), since with no admin token the admin API
+//! trusts local clients. Browsers mark such requests with `Sec-Fetch-Site`
+//! and `Origin`; command-line and application clients send neither.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,8 +41,55 @@ fn unauthorized(message: &str) -> Response {
     resp
 }
 
-/// `/admin/...`: the admin token when configured, else loopback clients only.
+/// Refuses a request a browser made for a page of another origin: one whose
+/// `Sec-Fetch-Site` is not `same-origin` or `none`, or, from browsers that do
+/// not send that header, whose `Origin` does not name this server's `Host`.
+pub fn same_origin(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        Err(ApiError::new(
+            ErrorKind::Forbidden,
+            format!("cross-origin browser requests are refused here ({why})"),
+        ))
+    };
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.as_bytes();
+        return if site.eq_ignore_ascii_case(b"same-origin") || site.eq_ignore_ascii_case(b"none") {
+            Ok(())
+        } else {
+            refuse(format!("Sec-Fetch-Site: {}", String::from_utf8_lossy(site)))
+        };
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => refuse(format!(
+            "Origin {origin:?} is not this server, {:?}",
+            host.unwrap_or("")
+        )),
+    }
+}
+
+/// A layer of [`same_origin`] alone.
+pub async fn not_cross_origin(req: Request, next: Next) -> Response {
+    match same_origin(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/admin/...`: the admin token when configured, else loopback clients only;
+/// never for another origin's page ([`same_origin`]).
 pub async fn admin(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Err(e) = same_origin(req.headers()) {
+        return e.into_response();
+    }
     match &s.gateway.config().server.admin_token {
         Some(token) => {
             if !matches(bearer(&req), token) {
@@ -73,6 +128,61 @@ pub async fn inference(State(s): State<Arc<AppState>>, req: Request, next: Next)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn browser_requests_from_other_origins_are_refused() {
+        // Command-line and application clients send neither header.
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:8000")])).is_ok());
+        // The gateway's own pages, and a URL typed into the browser.
+        for ok in [
+            &[("sec-fetch-site", "same-origin")][..],
+            &[("sec-fetch-site", "none")],
+            &[
+                ("host", "127.0.0.1:8000"),
+                ("origin", "http://127.0.0.1:8000"),
+            ],
+            &[
+                ("host", "Gateway:8000"),
+                ("origin", "https://gateway:8000/"),
+            ],
+        ] {
+            assert!(same_origin(&headers(ok)).is_ok(), "{ok:?}");
+        }
+        for refused in [
+            &[("sec-fetch-site", "cross-site")][..],
+            &[("sec-fetch-site", "same-site")],
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("host", "127.0.0.1:8000"),
+                ("origin", "http://127.0.0.1:8000"),
+            ],
+            &[
+                ("host", "127.0.0.1:8000"),
+                ("origin", "http://evil.example"),
+            ],
+            &[
+                ("host", "127.0.0.1:8000"),
+                ("origin", "http://127.0.0.1:9000"),
+            ],
+            &[("host", "127.0.0.1:8000"), ("origin", "null")],
+            &[("origin", "http://127.0.0.1:8000")],
+        ] {
+            let e = same_origin(&headers(refused)).expect_err("refused");
+            assert_eq!(e.kind(), ErrorKind::Forbidden, "{refused:?}");
+        }
+    }
 
     #[test]
     fn tokens_must_match_exactly() {

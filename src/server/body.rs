@@ -16,16 +16,47 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Reads the whole body, refusing more than `limit` bytes.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(encoding) = headers.get(http::header::CONTENT_ENCODING)
-        && encoding.as_bytes() != b"identity"
-    {
-        return Err(ApiError::new(
+/// How the request body is encoded (`Content-Encoding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    /// HTTP's `deflate`: a zlib stream (RFC 9110), or a raw deflate stream
+    /// as some clients send.
+    Deflate,
+}
+
+fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(value) = headers.get(http::header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let name = value.as_bytes().trim_ascii();
+    if name.eq_ignore_ascii_case(b"identity") || name.is_empty() {
+        Ok(Encoding::Identity)
+    } else if name.eq_ignore_ascii_case(b"gzip") || name.eq_ignore_ascii_case(b"x-gzip") {
+        Ok(Encoding::Gzip)
+    } else if name.eq_ignore_ascii_case(b"deflate") {
+        Ok(Encoding::Deflate)
+    } else {
+        Err(ApiError::new(
             ErrorKind::UnsupportedMediaType,
-            format!("Content-Encoding {encoding:?} is not supported; send the body uncompressed"),
-        ));
+            format!(
+                "Content-Encoding {value:?} is not supported; send the body as gzip, deflate or uncompressed"
+            ),
+        ))
     }
+}
+
+/// Compressed bodies up to this size are inflated on the async worker (tens
+/// of microseconds); larger ones on the blocking pool.
+const INLINE_INFLATE_BYTES: usize = 16 * 1024;
+
+/// Reads the whole body, refusing more than `limit` bytes, and inflates a
+/// gzip or deflate body (`Content-Encoding`, as `tritonclient`'s
+/// `request_compression_algorithm` sends it); `limit` holds for the
+/// compressed body and again for the inflated one.
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let encoding = encoding(headers)?;
     if let Some(len) = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -34,13 +65,67 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     {
         return Err(too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::invalid(format!(
-            "request body could not be read: {e}"
-        ))),
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large(limit)),
+        Err(e) => {
+            return Err(ApiError::invalid(format!(
+                "request body could not be read: {e}"
+            )));
+        }
+    };
+    if encoding == Encoding::Identity {
+        return Ok(bytes);
     }
+    if bytes.len() <= INLINE_INFLATE_BYTES {
+        return inflate(&bytes, encoding, limit);
+    }
+    tokio::task::spawn_blocking(move || inflate(&bytes, encoding, limit))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+}
+
+/// Inflates `compressed`, refusing more than `limit` bytes of output.
+fn inflate(compressed: &[u8], encoding: Encoding, limit: usize) -> Result<Bytes, ApiError> {
+    use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Gzip => Box::new(MultiGzDecoder::new(compressed)),
+        // A zlib stream starts with a header whose two bytes, read as a
+        // big-endian number, are a multiple of 31 with method 8 (deflate).
+        Encoding::Deflate
+            if compressed.len() >= 2
+                && compressed[0] & 0x0f == 8
+                && u16::from_be_bytes([compressed[0], compressed[1]]).is_multiple_of(31) =>
+        {
+            Box::new(ZlibDecoder::new(compressed))
+        }
+        Encoding::Deflate => Box::new(DeflateDecoder::new(compressed)),
+        Encoding::Identity => return Ok(Bytes::copy_from_slice(compressed)),
+    };
+    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            let name = if encoding == Encoding::Gzip {
+                "gzip"
+            } else {
+                "deflate"
+            };
+            ApiError::invalid(format!(
+                "the {name} request body could not be inflated: {e}"
+            ))
+        })?;
+    if out.len() > limit {
+        return Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the inflated request body exceeds the limit of {limit} bytes (server.max_body_bytes)"
+            ),
+        ));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// The `Inference-Header-Content-Length` header, when present.

@@ -122,7 +122,25 @@ fn tensor_json(specs: &[TensorSpec]) -> Value {
 fn metadata(g: &Gateway, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
     let (target, m) = resolve(g, name, version)?;
     let (name, versions) = match (&target, version) {
-        (Target::Deployment(d), _) => (d.clone(), vec![m.version_label.clone()]),
+        // The versions `/v2/models/{name}/versions/{v}` serves: the
+        // repository model of that name, else the champion's model.
+        (Target::Deployment(d), _) => {
+            let model = if g.repository().contains_model(d) {
+                d.as_str()
+            } else {
+                m.name()
+            };
+            let mut versions: Vec<String> = g
+                .repository()
+                .versions(model)
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            if versions.is_empty() {
+                versions.push(m.version_label.clone());
+            }
+            (d.clone(), versions)
+        }
         (Target::Model(model), Some(_)) => (model.clone(), vec![m.version_label.clone()]),
         (Target::Model(model), None) => (
             model.clone(),

@@ -141,6 +141,18 @@ def run(url):
     result = client.infer("breast_cancer", [inp_json], outputs=outs)
     check_outputs(result, 1, "mixed")
 
+    # Compressed requests and responses (the client's gzip and deflate).
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer(
+            "breast_cancer",
+            [inp],
+            request_id=f"tc-{algorithm}",
+            request_compression_algorithm=algorithm,
+            response_compression_algorithm=algorithm,
+        )
+        response = check_outputs(result, 1, f"{algorithm} request body")
+        check(response["id"] == f"tc-{algorithm}", f"{algorithm}: id {response['id']}")
+
     # A specific version.
     for version in (2, 3):
         result = client.infer("breast_cancer", [inp], model_version=str(version))

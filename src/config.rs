@@ -133,7 +133,7 @@ impl Default for RepositoryConfig {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "RuntimeFields")]
 pub struct RuntimeConfig {
     /// The ONNX Runtime shared library; default: the set-up script's cache.
     pub onnxruntime_library: Option<PathBuf>,
@@ -151,6 +151,62 @@ impl Default for RuntimeConfig {
             onnxruntime_library: None,
             inline_budget_us: 50.0,
             defaults: ModelDefaults::default(),
+        }
+    }
+}
+
+/// `[runtime]` as written: every key by name. (Deserialising
+/// [`RuntimeConfig`] with `#[serde(flatten)]` would buffer the section, and
+/// an error would then name only `runtime`, not the key.)
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RuntimeFields {
+    onnxruntime_library: Option<PathBuf>,
+    inline_budget_us: f64,
+    instances: usize,
+    intra_op_threads: usize,
+    queue_capacity: usize,
+    max_batch_size: usize,
+    execution: Execution,
+    dynamic_batching: bool,
+    warmup_batch_sizes: Vec<usize>,
+}
+
+impl Default for RuntimeFields {
+    fn default() -> RuntimeFields {
+        let RuntimeConfig {
+            onnxruntime_library,
+            inline_budget_us,
+            defaults: d,
+        } = RuntimeConfig::default();
+        RuntimeFields {
+            onnxruntime_library,
+            inline_budget_us,
+            instances: d.instances,
+            intra_op_threads: d.intra_op_threads,
+            queue_capacity: d.queue_capacity,
+            max_batch_size: d.max_batch_size,
+            execution: d.execution,
+            dynamic_batching: d.dynamic_batching,
+            warmup_batch_sizes: d.warmup_batch_sizes,
+        }
+    }
+}
+
+impl From<RuntimeFields> for RuntimeConfig {
+    fn from(f: RuntimeFields) -> RuntimeConfig {
+        RuntimeConfig {
+            onnxruntime_library: f.onnxruntime_library,
+            inline_budget_us: f.inline_budget_us,
+            defaults: ModelDefaults {
+                instances: f.instances,
+                intra_op_threads: f.intra_op_threads,
+                queue_capacity: f.queue_capacity,
+                max_batch_size: f.max_batch_size,
+                execution: f.execution,
+                dynamic_batching: f.dynamic_batching,
+                warmup_batch_sizes: f.warmup_batch_sizes,
+            },
         }
     }
 }

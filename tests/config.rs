@@ -29,6 +29,22 @@ fn errors_name_the_full_key() {
         ("[server]\nhttp_addr = \"nope\"\n", "server.http_addr"),
         ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes"),
         ("[runtime]\nqueue_capacity = 0\n", "runtime.queue_capacity"),
+        // Wrong types and values of [runtime] keys name the key, not just
+        // the section.
+        ("[runtime]\nexecution = \"fast\"\n", "runtime.execution"),
+        ("[runtime]\nqueue_capacity = -1\n", "runtime.queue_capacity"),
+        (
+            "[runtime]\nmax_batch_size = \"big\"\n",
+            "runtime.max_batch_size",
+        ),
+        (
+            "[runtime]\ninline_budget_us = \"x\"\n",
+            "runtime.inline_budget_us",
+        ),
+        (
+            "[runtime]\nwarmup_batch_sizes = 4\n",
+            "runtime.warmup_batch_sizes",
+        ),
         ("[models.m]\ninstances = 0\n", "models.m.instances"),
         (
             "[deployments.d.champion]\nmodel = \"m\"\nversion = 0\n",

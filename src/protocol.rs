@@ -1,6 +1,7 @@
 //! Open Inference Protocol (KServe V2) wire formats, translated once into
 //! internal [`Tensor`]s; handlers never touch wire JSON.
 
+pub mod classification;
 mod error;
 pub mod rest;
 mod tensor;

@@ -32,7 +32,12 @@ async fn server_metadata_and_health() {
         .iter()
         .map(|e| e.as_str().expect("extension names are strings"))
         .collect();
-    for ext in ["binary_tensor_data", "statistics", "model_repository"] {
+    for ext in [
+        "binary_tensor_data",
+        "statistics",
+        "model_repository",
+        "classification",
+    ] {
         assert!(extensions.contains(&ext), "{ext} missing from {meta}");
     }
 
@@ -877,5 +882,122 @@ async fn request_ids_in_any_script_are_echoed() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    s.stop().await;
+}
+
+/// Triton's classification extension: `"classification": N` on an output
+/// returns each row's top N classes as `"<score>:<index>:<label>"`, in JSON
+/// or binary; what cannot be classified gets a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classification_extension_returns_the_top_classes() {
+    let s = TestServer::start().await;
+    let rows = breast_cancer_features();
+    let expected_probs = support::expected_class_probabilities(1);
+    for path in [
+        "/v2/models/breast_cancer/infer",
+        "/v2/models/breast_cancer/versions/1/infer",
+    ] {
+        let mut req = classifier_request(&rows[..3]);
+        req["outputs"] = json!([
+            {"name": "probabilities", "parameters": {"classification": 2}},
+            {"name": "label"}
+        ]);
+        let (status, body) = s.post_json(path, &req).await;
+        assert_eq!(status, 200, "{body}");
+        let top = output(&body, "probabilities");
+        assert_eq!(top["datatype"], "BYTES", "{top}");
+        assert_eq!(top["shape"], json!([3, 2]), "{top}");
+        let labels = ["malignant", "benign"];
+        let data: Vec<&str> = top["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|v| v.as_str().expect("strings"))
+            .collect();
+        for (r, pair) in data.chunks(2).enumerate() {
+            let parsed: Vec<(f64, usize, &str)> = pair
+                .iter()
+                .map(|t| {
+                    let mut it = t.splitn(3, ':');
+                    let score: f64 = it.next().expect("score").parse().expect("a number");
+                    let index: usize = it.next().expect("index").parse().expect("an index");
+                    (score, index, it.next().expect("label"))
+                })
+                .collect();
+            assert!(parsed[0].0 >= parsed[1].0, "{pair:?}");
+            for (score, index, label) in parsed {
+                assert_eq!(label, labels[index], "{pair:?}");
+                assert!(
+                    (score - expected_probs[r][index]).abs() < 1e-6,
+                    "row {r}: {pair:?} against {:?}",
+                    expected_probs[r]
+                );
+            }
+        }
+        // The other output is untouched.
+        assert_eq!(
+            i64_data(output(&body, "label")),
+            expected_labels("breast_cancer", 1, &[0, 1, 2])
+        );
+
+        // Top 1, as binary data.
+        let mut req = classifier_request(&rows[..2]);
+        req["outputs"] = json!([{"name": "probabilities",
+            "parameters": {"classification": 1, "binary_data": true}}]);
+        let r = s
+            .client
+            .post(s.url(path))
+            .json(&req)
+            .send()
+            .await
+            .expect("infer");
+        assert_eq!(r.status(), 200);
+        let json_len: usize = r.headers()["inference-header-content-length"]
+            .to_str()
+            .expect("ASCII")
+            .parse()
+            .expect("a length");
+        let bytes = r.bytes().await.expect("body");
+        let header: Value = serde_json::from_slice(&bytes[..json_len]).expect("JSON header");
+        assert_eq!(header["outputs"][0]["datatype"], "BYTES", "{header}");
+        assert_eq!(header["outputs"][0]["shape"], json!([2, 1]), "{header}");
+        let mut binary = &bytes[json_len..];
+        for probs in &expected_probs[..2] {
+            let len = u32::from_le_bytes(binary[..4].try_into().expect("4 bytes")) as usize;
+            let text = std::str::from_utf8(&binary[4..4 + len]).expect("UTF-8");
+            binary = &binary[4 + len..];
+            let best = usize::from(probs[1] > probs[0]);
+            assert!(
+                text.ends_with(&format!(":{best}:{}", labels[best])),
+                "{text}"
+            );
+        }
+        assert!(binary.is_empty());
+    }
+
+    // Bad requests.
+    for (params, needle) in [
+        (json!({"classification": 0}), "classification"),
+        (json!({"classification": "2"}), "classification"),
+        (json!({"classification": -1}), "classification"),
+    ] {
+        let mut req = classifier_request(&rows[..1]);
+        req["outputs"] = json!([{"name": "probabilities", "parameters": params}]);
+        let (status, body) = s.post_json("/v2/models/breast_cancer/infer", &req).await;
+        assert_error(status, &body, 400, &[needle]);
+    }
+    let bool_req = json!({
+        "inputs": [
+            {"name": "x_fp32", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]},
+            {"name": "x_fp64", "shape": [1, 3], "datatype": "FP64", "data": [1.0, 2.0, 3.0]},
+            {"name": "x_i32", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]},
+            {"name": "x_i64", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]},
+            {"name": "x_bool", "shape": [1, 3], "datatype": "BOOL", "data": [true, false, true]},
+            {"name": "x_u8", "shape": [1, 3], "datatype": "UINT8", "data": [1, 2, 3]}
+        ],
+        "outputs": [{"name": "y_bool", "parameters": {"classification": 1}}]
+    });
+    let (status, body) = s.post_json("/v2/models/dtypes/infer", &bool_req).await;
+    assert_error(status, &body, 400, &["y_bool", "BOOL", "classification"]);
     s.stop().await;
 }

@@ -90,6 +90,9 @@ pub struct RequestedOutput {
     pub name: String,
     /// Per-output `binary_data`, when given.
     pub binary_data: Option<bool>,
+    /// Triton's classification extension: `"classification": N` asks for
+    /// the top N classes of each row instead of the raw tensor.
+    pub classification: Option<usize>,
 }
 
 impl InferRequest {
@@ -231,8 +234,18 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferReque
         .unwrap_or_default()
         .into_iter()
         .map(|o| {
+            let classification = match size_param(o.parameters.as_ref(), "classification") {
+                Ok(Some(0)) | Err(_) => {
+                    return Err(DecodeError::Parameter {
+                        name: "classification".to_owned(),
+                        expected: "a positive integer (how many classes to return)",
+                    });
+                }
+                Ok(n) => n,
+            };
             Ok(RequestedOutput {
                 binary_data: bool_param(o.parameters.as_ref(), "binary_data")?,
+                classification,
                 name: o.name,
             })
         })

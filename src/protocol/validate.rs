@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::rest::RequestedOutput;
-use super::tensor::{Tensor, TensorSpec, shape_string};
+use super::tensor::{DataType, Tensor, TensorSpec, shape_string};
 
 fn describe(spec: &TensorSpec) -> String {
     format!(
@@ -109,11 +109,17 @@ pub fn check_outputs(
                 o.name
             )));
         }
-        if !specs.iter().any(|s| s.name == o.name) {
+        let Some(spec) = specs.iter().find(|s| s.name == o.name) else {
             return Err(ApiError::invalid(format!(
                 "unknown output '{}' for model '{model}', which has: {}",
                 o.name,
                 expected_list(specs)
+            )));
+        };
+        if o.classification.is_some() && matches!(spec.datatype, DataType::Bytes | DataType::Bool) {
+            return Err(ApiError::invalid(format!(
+                "output '{}' of model '{model}' is {}: classification needs numeric scores",
+                o.name, spec.datatype
             )));
         }
     }
@@ -201,6 +207,7 @@ mod tests {
     #[test]
     fn unknown_outputs_are_rejected() {
         let out = |n: &str| RequestedOutput {
+            classification: None,
             name: n.into(),
             binary_data: None,
         };

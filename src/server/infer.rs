@@ -18,7 +18,7 @@ use crate::drift::monitor::Sample;
 use crate::evaluation::prediction::Prediction;
 use crate::protocol::rest::{self, HEADER_CONTENT_LENGTH, InferResponse, RequestedOutput};
 use crate::protocol::validate::{bind_inputs, check_outputs};
-use crate::protocol::{ApiError, Tensor, TensorData};
+use crate::protocol::{ApiError, Tensor, TensorData, classification};
 use crate::runtime::{Runner, RunnerError, RuntimeError, Timings};
 use crate::store::{PredictionRecord, Role};
 use crate::traffic;
@@ -488,7 +488,14 @@ fn respond(
     started: Instant,
 ) -> Response {
     let encode_started = Instant::now();
-    let outputs = select_outputs(outputs, requested);
+    let mut outputs = select_outputs(outputs, requested);
+    for r in requested {
+        if let Some(k) = r.classification
+            && let Some(t) = outputs.iter_mut().find(|t| t.name == r.name)
+        {
+            *t = classification::top_classes(t, k, &model.entry.metadata.labels);
+        }
+    }
     let response = InferResponse {
         model_name: model.name().to_owned(),
         model_version: model.version_label.clone(),

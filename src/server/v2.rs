@@ -23,7 +23,7 @@ pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "contender",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration", "model_repository", "statistics"],
+        "extensions": ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"],
     }))
 }
 

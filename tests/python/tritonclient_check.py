@@ -153,6 +153,26 @@ def run(url):
         response = check_outputs(result, 1, f"{algorithm} request body")
         check(response["id"] == f"tc-{algorithm}", f"{algorithm}: id {response['id']}")
 
+    # The classification extension (class_count): top classes as BYTES.
+    for binary in (False, True):
+        outs = [
+            httpclient.InferRequestedOutput(
+                "probabilities", binary_data=binary, class_count=2
+            )
+        ]
+        result = client.infer("breast_cancer", [inp], outputs=outs)
+        top = result.as_numpy("probabilities")
+        check(top.shape == (143, 2), f"classification shape {top.shape}")
+        probs = expected(1)[1]
+        for r in range(top.shape[0]):
+            first = top[r][0]
+            first = first.decode() if isinstance(first, bytes) else str(first)
+            score, index, label = first.split(":")
+            best = max(range(2), key=lambda i: probs[r][i])
+            check(int(index) == best, f"classification row {r}: {first}")
+            check(abs(float(score) - probs[r][best]) < 1e-6, f"classification {first}")
+            check(label == ("malignant", "benign")[best], f"classification label {first}")
+
     # A specific version.
     for version in (2, 3):
         result = client.infer("breast_cancer", [inp], model_version=str(version))

@@ -129,7 +129,17 @@ pub fn print_deployment(out: &mut impl std::io::Write, d: &Value) {
                 .cloned()
                 .unwrap_or(Value::Null);
             let s = &m["stats"];
-            let role = m["role"].as_str().or(m["mode"].as_str()).unwrap_or("?");
+            let role = m["role"]
+                .as_str()
+                .or(m["mode"].as_str())
+                .unwrap_or("champion");
+            // A challenger that is not running is marked, never shown as
+            // a working shadow or canary.
+            let role = if m["live"] == false {
+                format!("{role}:DOWN")
+            } else {
+                role.to_owned()
+            };
             let share = m["fraction"]
                 .as_f64()
                 .map_or_else(|| "-".into(), |f| format!("{:.0}%", f * 100.0));
@@ -147,7 +157,7 @@ pub fn print_deployment(out: &mut impl std::io::Write, d: &Value) {
             };
             vec![
                 format!("{model}@{version}"),
-                role.to_owned(),
+                role,
                 share,
                 s["served"].to_string(),
                 s["mirrored"].to_string(),
@@ -179,12 +189,29 @@ pub fn print_deployment(out: &mut impl std::io::Write, d: &Value) {
         ],
         &rows,
     );
-    let log = &d["prediction_log"];
-    let _ = writeln!(
-        out,
-        "  prediction log: {} rows, {} dropped (queue full), {} evicted",
-        log["rows"], log["dropped"], log["evicted"]
-    );
+    for c in d["challengers"].as_array().into_iter().flatten() {
+        if c["live"] == false {
+            let _ = writeln!(
+                out,
+                "  DOWN {}@{}: {}",
+                c["model"].as_str().unwrap_or("?"),
+                c["version"],
+                c["reason"].as_str().unwrap_or("not running")
+            );
+        }
+    }
+}
+
+/// Prints what every deployment shares: the gateway's one prediction log.
+fn print_gateway(out: &mut impl std::io::Write, g: &Value) {
+    let log = &g["prediction_log"];
+    if log.is_object() {
+        let _ = writeln!(
+            out,
+            "gateway prediction log (all deployments together): {} rows, {} dropped (queue full), {} evicted",
+            log["rows"], log["dropped"], log["evicted"]
+        );
+    }
 }
 
 pub fn status(config: &Config, deployment: Option<&str>, remote: &Remote) -> ExitCode {
@@ -205,15 +232,14 @@ pub fn status(config: &Config, deployment: Option<&str>, remote: &Remote) -> Exi
                 return ExitCode::SUCCESS;
             }
             let list = match deployment {
-                Some(_) => vec![v],
+                Some(_) => vec![v.clone()],
                 None => v["deployments"].as_array().cloned().unwrap_or_default(),
             };
-            for (i, d) in list.iter().enumerate() {
-                if i > 0 {
-                    let _ = writeln!(out);
-                }
+            for d in &list {
                 print_deployment(&mut out, d);
+                let _ = writeln!(out);
             }
+            print_gateway(&mut out, &v["gateway"]);
             ExitCode::SUCCESS
         }
         Err(e) => {

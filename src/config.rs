@@ -551,22 +551,16 @@ impl ChallengerConfig {
                 "must be between 0 and 1",
             ));
         }
-        for (field, value) in [
-            ("workers", self.workers),
-            ("queue_capacity", self.queue_capacity),
+        for (field, value, max) in [
+            ("workers", self.workers as u64, limits::MAX_THREADS as u64),
+            (
+                "queue_capacity",
+                self.queue_capacity as u64,
+                limits::MAX_QUEUE_CAPACITY as u64,
+            ),
+            ("timeout_ms", self.timeout_ms, limits::MAX_TIMEOUT_MS),
         ] {
-            if value == 0 {
-                return Err(ConfigError::new(
-                    format!("{key}.{field}"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        if self.timeout_ms == 0 {
-            return Err(ConfigError::new(
-                format!("{key}.timeout_ms"),
-                "must be at least 1",
-            ));
+            limits::check(key, field, value, max)?;
         }
         Ok(())
     }
@@ -941,19 +935,20 @@ impl Config {
     }
 }
 
-fn check_settings(key: &str, s: &ModelDefaults) -> Result<(), ConfigError> {
-    for (field, value) in [
-        ("instances", s.instances),
-        ("intra_op_threads", s.intra_op_threads),
-        ("queue_capacity", s.queue_capacity),
-        ("max_batch_size", s.max_batch_size),
+/// Checks resolved engine settings (`runtime`, `models.*`, a `model.toml`
+/// `[runtime]` table); `key` names them in errors.
+pub fn check_settings(key: &str, s: &ModelDefaults) -> Result<(), ConfigError> {
+    for (field, value, max) in [
+        ("instances", s.instances, limits::MAX_THREADS),
+        ("intra_op_threads", s.intra_op_threads, limits::MAX_THREADS),
+        (
+            "queue_capacity",
+            s.queue_capacity,
+            limits::MAX_QUEUE_CAPACITY,
+        ),
+        ("max_batch_size", s.max_batch_size, limits::MAX_BATCH_SIZE),
     ] {
-        if value == 0 {
-            return Err(ConfigError::new(
-                format!("{key}.{field}"),
-                "must be at least 1",
-            ));
-        }
+        limits::check(key, field, value as u64, max as u64)?;
     }
     if s.warmup_batch_sizes.contains(&0) {
         return Err(ConfigError::new(
@@ -962,6 +957,39 @@ fn check_settings(key: &str, s: &ModelDefaults) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Upper bounds of the per-model and per-challenger settings: each worker
+/// or instance is a thread (and a session), and a queue's slots are
+/// reserved up front, so an unbounded value would take the machine down.
+pub mod limits {
+    use super::ConfigError;
+
+    /// `workers` of a challenger; `instances` and `intra_op_threads` of a model.
+    pub const MAX_THREADS: usize = 64;
+    /// `queue_capacity` of a challenger or a model.
+    pub const MAX_QUEUE_CAPACITY: usize = 65_536;
+    /// `max_batch_size` of a model (rows in one request).
+    pub const MAX_BATCH_SIZE: usize = 1 << 20;
+    /// `timeout_ms` of a challenger (10 minutes).
+    pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
+    /// `key.field` between 1 and `max`.
+    pub(super) fn check(key: &str, field: &str, value: u64, max: u64) -> Result<(), ConfigError> {
+        if value == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.{field}"),
+                "must be at least 1",
+            ));
+        }
+        if value > max {
+            return Err(ConfigError::new(
+                format!("{key}.{field}"),
+                format!("{value} is too large: at most {max}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Names of models and deployments: they appear in URLs and metric labels.

@@ -10,7 +10,7 @@ mod loader;
 pub mod promotion;
 mod stats;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +63,9 @@ pub struct Deployment {
     runtime: Mutex<Runtime>,
     /// Serialises changes (admin API, promotion); held across loading.
     changes: tokio::sync::Mutex<()>,
+    /// Why each challenger of the state is not in the live set (load
+    /// failure, still loading, incompatible, its workers could not start).
+    down: Mutex<HashMap<ModelRef, String>>,
 }
 
 /// The champion before the last promotion, while it still shadows.
@@ -98,7 +101,23 @@ impl Deployment {
             member_stats: Mutex::new(HashMap::new()),
             runtime: Mutex::new(runtime),
             changes: tokio::sync::Mutex::new(()),
+            down: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Why challenger `r` is not running, when it is not.
+    pub fn down_reason(&self, r: &ModelRef) -> Option<String> {
+        self.down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(r)
+            .cloned()
+    }
+
+    /// Makes `live` the live set; `down` says why the challengers left out are.
+    fn publish(&self, live: LiveSet, down: HashMap<ModelRef, String>) {
+        self.live.store(Some(Arc::new(live)));
+        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = down;
     }
 
     pub fn runtime(&self) -> Runtime {
@@ -171,7 +190,11 @@ type ModelTable = BTreeMap<String, BTreeMap<u64, ModelState>>;
 /// The gateway's shared state.
 pub struct Gateway {
     config: Config,
-    repository: Repository,
+    /// The repository as last scanned (at start, and again when an admin
+    /// change or the repository index asks for a version not known yet).
+    repository: ArcSwap<Repository>,
+    /// Serialises rescans of the repository.
+    rescan: tokio::sync::Mutex<()>,
     models: ArcSwap<ModelTable>,
     deployments: BTreeMap<String, Deployment>,
     ready: AtomicBool,
@@ -209,6 +232,10 @@ fn missing_model(repository: &Repository, r: &ModelRef) -> Option<String> {
         )
     })
 }
+
+/// Why a version found on disk after start is not loaded.
+const NOT_LOADED_YET: &str =
+    "not loaded: found in the repository after start; loaded when a deployment uses it";
 
 impl Gateway {
     /// Scans the repository, opens the store, and settles each deployment's
@@ -337,7 +364,8 @@ impl Gateway {
         telemetry::models_ready().set(0.0);
         Ok(Gateway {
             config,
-            repository,
+            repository: ArcSwap::from_pointee(repository),
+            rescan: tokio::sync::Mutex::new(()),
             models: ArcSwap::from_pointee(table),
             deployments,
             ready: AtomicBool::new(false),
@@ -394,9 +422,10 @@ impl Gateway {
                 tracing::error!(deployment = %name, error = %e, "cannot store the deployment's state");
             }
         }
+        let repository = self.repository.load_full();
         let mut order: Vec<Arc<ModelEntry>> = Vec::new();
         let push = |order: &mut Vec<Arc<ModelEntry>>, r: &ModelRef| {
-            if let Some(e) = self.repository.get(&r.model, r.version)
+            if let Some(e) = repository.get(&r.model, r.version)
                 && !order.iter().any(|o| Arc::ptr_eq(o, e))
             {
                 order.push(Arc::clone(e));
@@ -412,7 +441,7 @@ impl Gateway {
             }
         }
         let deployed = order.len();
-        for e in self.repository.entries() {
+        for e in repository.entries() {
             if !order.iter().any(|o| Arc::ptr_eq(o, e))
                 && matches!(self.state(&e.name, e.version), Some(ModelState::Loading))
             {
@@ -493,8 +522,8 @@ impl Gateway {
     fn publish_all(&self) {
         let mut all = true;
         for d in self.deployments.values() {
-            match self.build_live(d, &d.state()) {
-                Ok(live) => d.live.store(Some(Arc::new(live))),
+            match self.build_live(d, &d.state(), false) {
+                Ok((live, down)) => d.publish(live, down),
                 Err(why) => {
                     all = false;
                     tracing::error!(deployment = %d.name, reason = %why, "the deployment cannot serve");
@@ -518,8 +547,16 @@ impl Gateway {
         }
     }
 
-    /// A live set for `state`; challengers not loaded (yet) are left out.
-    fn build_live(&self, d: &Deployment, state: &DeploymentConfig) -> Result<LiveSet, String> {
+    /// A live set for `state`, and why each challenger left out of it is
+    /// (not loaded yet, failed to load, incompatible). With `strict`, a
+    /// challenger whose worker threads cannot start fails the whole set
+    /// (a change is refused); otherwise it is left out.
+    fn build_live(
+        &self,
+        d: &Deployment,
+        state: &DeploymentConfig,
+        strict: bool,
+    ) -> Result<(LiveSet, HashMap<ModelRef, String>), String> {
         let champion = self
             .ready_model(&state.champion)
             .map_err(|e| format!("champion {e}"))?;
@@ -527,40 +564,47 @@ impl Gateway {
             .challengers
             .iter()
             .any(|c| c.mode == ChallengerMode::Canary);
-        let champion = Arc::new(Member::new(
-            champion,
-            None,
-            has_canary,
-            d.member_stats(&state.champion),
-        ));
+        let champion = Arc::new(
+            Member::new(champion, None, has_canary, d.member_stats(&state.champion))
+                .map_err(|e| format!("champion {}: {e}", state.champion))?,
+        );
         let mut challengers = Vec::new();
         let mut routes = Vec::new();
+        let mut down = HashMap::new();
         for c in &state.challengers {
-            match self.ready_model(&c.model_ref()) {
+            let r = c.model_ref();
+            match self.ready_model(&r) {
                 Ok(m) => {
                     if let Err(why) =
                         compatible(champion.model.model().inputs(), m.model().inputs())
                     {
-                        tracing::error!(deployment = %d.name, challenger = %c.model_ref(), reason = %why, "challenger left out: incompatible with the champion");
+                        tracing::error!(deployment = %d.name, challenger = %r, reason = %why, "challenger left out: incompatible with the champion");
+                        down.insert(r, format!("incompatible with the champion: {why}"));
                         continue;
                     }
-                    routes.push((c.mode, c.fraction));
-                    challengers.push(Arc::new(Member::new(
-                        m,
-                        Some(c.clone()),
-                        true,
-                        d.member_stats(&c.model_ref()),
-                    )));
+                    match Member::new(m, Some(c.clone()), true, d.member_stats(&r)) {
+                        Ok(member) => {
+                            routes.push((c.mode, c.fraction));
+                            challengers.push(Arc::new(member));
+                        }
+                        Err(e) if strict => return Err(format!("challenger {r}: {e}")),
+                        Err(e) => {
+                            tracing::error!(deployment = %d.name, challenger = %r, error = %e, "challenger left out: its workers cannot start");
+                            down.insert(r, e.to_string());
+                        }
+                    }
                 }
                 Err(why) if why.ends_with("is loading") => {
-                    tracing::debug!(deployment = %d.name, challenger = %c.model_ref(), "challenger joins once loaded");
+                    tracing::debug!(deployment = %d.name, challenger = %r, "challenger joins once loaded");
+                    down.insert(r, why);
                 }
                 Err(why) => {
-                    tracing::warn!(deployment = %d.name, challenger = %c.model_ref(), reason = %why, "challenger is not live");
+                    tracing::warn!(deployment = %d.name, challenger = %r, reason = %why, "challenger is not live");
+                    down.insert(r, why);
                 }
             }
         }
-        Ok(LiveSet {
+        let live = LiveSet {
             champion,
             challengers,
             routes,
@@ -571,27 +615,33 @@ impl Gateway {
                     state.drift.max_rows_per_sec,
                 )
             }),
-        })
+        };
+        Ok((live, down))
     }
 
     /// Makes sure a model version is loaded (loading it now if it was not
     /// preloaded) and returns it.
+    /// A version the gateway does not know is looked for on disk first
+    /// (one dropped into the repository since the last scan).
     async fn ensure_loaded(&self, r: &ModelRef) -> Result<Arc<LoadedModel>, ChangeError> {
+        if self.state(&r.model, r.version).is_none() {
+            self.refresh_repository().await;
+        }
         match self.state(&r.model, r.version) {
             Some(ModelState::Ready(m)) => Ok(m),
             Some(ModelState::Loading) => Err(ChangeError::Unavailable(format!(
                 "{r} is still loading; retry shortly"
             ))),
             None => Err(ChangeError::NotFound(
-                missing_model(&self.repository, r)
+                missing_model(&self.repository.load(), r)
                     .unwrap_or_else(|| format!("{r} is not in the repository")),
             )),
             Some(ModelState::Unavailable(_)) => {
-                let entry = Arc::clone(
-                    self.repository
-                        .get(&r.model, r.version)
-                        .expect("indexed models exist"),
-                );
+                let Some(entry) = self.repository.load().get(&r.model, r.version).cloned() else {
+                    return Err(ChangeError::NotFound(format!(
+                        "{r} is no longer in the repository"
+                    )));
+                };
                 match self.load_one(entry).await {
                     ModelState::Ready(m) => Ok(m),
                     ModelState::Unavailable(why) => {
@@ -631,8 +681,7 @@ impl Gateway {
                 state.champion
             ))
         })?;
-        let record =
-            promotion::challenger_change("challenger_added", None, &c.model_ref(), &d.state());
+        let record = promotion::challenger_change("challenger_added", None, &c, &d.state());
         self.apply_with(d, state, d.runtime(), Some(&record)).await
     }
 
@@ -647,14 +696,18 @@ impl Gateway {
             .ok_or_else(|| ChangeError::NotFound(format!("unknown deployment '{deployment}'")))?;
         let _guard = d.changes.lock().await;
         let mut state = d.state();
-        let before = state.challengers.len();
-        state.challengers.retain(|c| &c.model_ref() != r);
-        if state.challengers.len() == before {
+        let Some(removed) = state
+            .challengers
+            .iter()
+            .find(|c| &c.model_ref() == r)
+            .cloned()
+        else {
             return Err(ChangeError::NotFound(format!(
                 "{r} is not a challenger of '{deployment}'"
             )));
-        }
-        let record = promotion::challenger_change("challenger_removed", None, r, &d.state());
+        };
+        state.challengers.retain(|c| &c.model_ref() != r);
+        let record = promotion::challenger_change("challenger_removed", None, &removed, &d.state());
         let mut runtime = d.runtime();
         if runtime.previous.as_ref().is_some_and(|p| &p.model == r) {
             runtime.previous = None;
@@ -673,13 +726,13 @@ impl Gateway {
         runtime: Runtime,
         history: Option<&promotion::HistoryRecord>,
     ) -> Result<DeploymentConfig, ChangeError> {
-        let live = self
-            .build_live(d, &state)
+        let (live, down) = self
+            .build_live(d, &state, true)
             .map_err(ChangeError::Unavailable)?;
         self.save(d, &state, &runtime, history).await?;
         d.set_state(state.clone());
         d.set_runtime(runtime);
-        d.live.store(Some(Arc::new(live)));
+        d.publish(live, down);
         Ok(state)
     }
 
@@ -692,8 +745,63 @@ impl Gateway {
         &self.config
     }
 
-    pub fn repository(&self) -> &Repository {
-        &self.repository
+    /// The repository as last scanned.
+    pub fn repository(&self) -> Arc<Repository> {
+        self.repository.load_full()
+    }
+
+    /// Looks at the repository on disk again. Versions dropped in since the
+    /// last scan are read and validated as at start and become known (not
+    /// loaded: the admin change that uses one loads and warms it); versions
+    /// gone from disk are forgotten unless loaded (or loading). A repository
+    /// that cannot be read changes nothing (logged).
+    pub async fn refresh_repository(&self) {
+        let _guard = self.rescan.lock().await;
+        let keep: HashSet<(String, u64)> = self
+            .model_states()
+            .into_iter()
+            .filter(|(_, _, s)| !matches!(s, ModelState::Unavailable(_)))
+            .map(|(name, version, _)| (name, version))
+            .collect();
+        let current = self.repository.load_full();
+        let scanned = tokio::task::spawn_blocking(move || {
+            current.rescan(|e| keep.contains(&(e.name.clone(), e.version)))
+        })
+        .await;
+        let repository = match scanned {
+            Ok(Ok(r)) => Arc::new(r),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot rescan the model repository");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rescanning the model repository panicked");
+                return;
+            }
+        };
+        self.repository.store(Arc::clone(&repository));
+        self.models.rcu(|table| {
+            // Loaded and loading versions stay; the others stay while on disk.
+            let mut next = ModelTable::new();
+            for (name, versions) in table.iter() {
+                for (&version, state) in versions {
+                    if !matches!(state, ModelState::Unavailable(_))
+                        || repository.get(name, version).is_some()
+                    {
+                        next.entry(name.clone())
+                            .or_default()
+                            .insert(version, state.clone());
+                    }
+                }
+            }
+            for e in repository.entries() {
+                next.entry(e.name.clone())
+                    .or_default()
+                    .entry(e.version)
+                    .or_insert_with(|| ModelState::Unavailable(NOT_LOADED_YET.into()));
+            }
+            next
+        });
     }
 
     pub fn deployment(&self, name: &str) -> Option<&Deployment> {
@@ -737,7 +845,7 @@ impl Gateway {
 }
 
 /// A stored state whose models all exist in the repository (challengers that
-/// no longer exist are dropped).
+/// no longer exist, or whose settings are out of bounds, are dropped).
 fn usable(
     repository: &Repository,
     mut state: DeploymentConfig,
@@ -745,7 +853,12 @@ fn usable(
     if let Some(why) = missing_model(repository, &state.champion) {
         return Err(format!("its champion is gone: {why}"));
     }
-    state.challengers.retain(|c| match missing_model(repository, &c.model_ref()) {
+    state.challengers.retain(|c| match missing_model(repository, &c.model_ref()).or_else(|| {
+        // Stored before the settings had upper bounds.
+        c.validate("challenger")
+            .err()
+            .map(|e| format!("{}: {}", e.key, e.reason))
+    }) {
         Some(why) => {
             tracing::warn!(challenger = %c.model_ref(), reason = %why, "dropping a stored challenger");
             false

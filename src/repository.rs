@@ -158,6 +158,30 @@ impl Repository {
         Ok(repo)
     }
 
+    /// Scans the same root again, as at start: versions added (or fixed)
+    /// since are new entries; versions already known keep their entry (the
+    /// one a loaded model came from); versions gone from disk are dropped
+    /// unless `keep` holds on to them (loaded models).
+    pub fn rescan(
+        &self,
+        keep: impl Fn(&ModelEntry) -> bool,
+    ) -> Result<Repository, RepositoryError> {
+        let mut fresh = Repository::scan(&self.root)?;
+        for (name, versions) in &self.models {
+            for (version, entry) in versions {
+                let on_disk = fresh.get(name, *version).is_some();
+                if on_disk || keep(entry) {
+                    fresh
+                        .models
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(*version, Arc::clone(entry));
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
     fn problem(&mut self, path: &Path, name: Option<&str>, version: Option<u64>, reason: &str) {
         tracing::warn!(path = %path.display(), reason, "skipping invalid model repository entry");
         self.problems.push(Problem {
@@ -296,6 +320,37 @@ mod tests {
                 .iter()
                 .any(|(n, r)| n.as_deref() == Some("badmeta") && r.contains("model.toml"))
         );
+    }
+
+    #[test]
+    fn rescan_finds_new_versions_and_keeps_known_entries() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for v in ["1", "2"] {
+            std::fs::create_dir_all(r.join("m").join(v)).unwrap();
+            std::fs::write(r.join("m").join(v).join("model.onnx"), b"x").unwrap();
+        }
+        let repo = Repository::scan(r).unwrap();
+        let known = Arc::clone(repo.get("m", 1).unwrap());
+        std::fs::create_dir_all(r.join("m/7")).unwrap();
+        std::fs::write(r.join("m/7/model.onnx"), b"x").unwrap();
+        std::fs::create_dir_all(r.join("m/8")).unwrap();
+        std::fs::remove_dir_all(r.join("m/2")).unwrap();
+
+        let again = repo.rescan(|_| false).unwrap();
+        assert_eq!(again.versions("m"), vec![1, 7]);
+        assert!(Arc::ptr_eq(again.get("m", 1).unwrap(), &known));
+        assert!(
+            again
+                .problems()
+                .iter()
+                .any(|p| p.version == Some(8) && p.reason.contains("no model.onnx")),
+            "{:?}",
+            again.problems()
+        );
+        // A version gone from disk stays while `keep` holds on to it.
+        let kept = repo.rescan(|e| e.version == 2).unwrap();
+        assert_eq!(kept.versions("m"), vec![1, 2, 7]);
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub mod torchscript;
 use std::path::Path;
 
 pub use runner::{
-    Answer, ExecutionPlan, Runner, RunnerError, Timings, WorkerOptions, lower_to_idle_priority,
+    Answer, ExecutionPlan, Runner, RunnerError, SpawnError, Timings, WorkerOptions,
+    lower_to_idle_priority,
 };
 
 use crate::protocol::{Tensor, TensorSpec};

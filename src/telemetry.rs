@@ -135,7 +135,7 @@ fn describe() {
     );
     describe_counter!(
         MIRROR_FAILED,
-        "Mirrored requests that failed or timed out, by error_type."
+        "Mirrored requests that failed, timed out, or were rejected (more rows than the model's max_batch_size), by error_type."
     );
     describe_counter!(
         PREDICTIONS_DROPPED,

@@ -772,3 +772,95 @@ async fn shadow_workers_run_at_idle_priority() {
         "{policies:?}"
     );
 }
+
+/// A challenger whose version failed to load is shown as down, with the
+/// load error, in the admin JSON and in `contender status`; the prediction
+/// log's counters are the gateway's, shown once and said to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenger_that_failed_to_load_is_shown_down_with_its_reason() {
+    let broken = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(broken.path().join("1")).expect("version directory");
+    std::fs::write(
+        broken.path().join("1").join("model.onnx"),
+        b"not an ONNX model",
+    )
+    .expect("model.onnx");
+    let repo = repository_with(&[("broken", broken.path())]);
+    let mut config = test_config(
+        "",
+        r#"
+[[deployments.breast_cancer.challengers]]
+model = "broken"
+version = 1
+mode = "shadow"
+"#,
+    );
+    config.repository.path = repo.path().to_path_buf();
+    let ts = TestServer::start_config(config).await;
+    let rows = breast_cancer_features();
+    ts.infer_rows("breast_cancer", &rows[..5]).await;
+    ts.infer_rows("diabetes", &support::diabetes_features()[..5])
+        .await;
+
+    let d = ts.deployment("breast_cancer").await;
+    let c = challenger_of(&d, "broken", 1).expect("listed");
+    assert_eq!(c["live"], false, "{c}");
+    let reason = c["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason: {c}"));
+    assert!(
+        reason.contains("broken@1 is unavailable") && reason.contains("could not be loaded"),
+        "{reason}"
+    );
+    assert_eq!(c["stats"]["mirrored"], 0, "{c}");
+    // The prediction log is the gateway's: not inside a deployment.
+    assert!(d.get("prediction_log").is_none(), "{d}");
+    // Both deployments' rows are in the one log (5 + 5).
+    let d = ts
+        .wait_deployment("breast_cancer", "both deployments' rows logged", |d| {
+            d["gateway"]["prediction_log"]["rows"] == 10
+        })
+        .await;
+    assert_eq!(d["gateway"]["prediction_log"]["dropped"], 0, "{d}");
+    let (status, all) = ts.get_json("/admin/deployments").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["gateway"]["prediction_log"]["rows"], 10, "{all}");
+    for d in all["deployments"].as_array().expect("deployments") {
+        assert!(d.get("prediction_log").is_none(), "{d}");
+    }
+
+    let url = ts.base.clone();
+    let o = tokio::task::spawn_blocking(move || status_command(&["--url", &url]))
+        .await
+        .expect("status task");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{stdout}");
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("broken@1"))
+        .unwrap_or_else(|| panic!("no row for broken@1 in\n{stdout}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "shadow:DOWN", "{stdout}");
+    let down = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("DOWN broken@1:"))
+        .unwrap_or_else(|| panic!("no DOWN line in\n{stdout}"));
+    assert!(down.contains("could not be loaded"), "{down}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("DOWN breast_cancer")),
+        "{stdout}"
+    );
+    let log_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("prediction log"))
+        .collect();
+    assert_eq!(log_lines.len(), 1, "{stdout}");
+    assert!(
+        log_lines[0].starts_with("gateway prediction log (all deployments together): 10 rows"),
+        "{stdout}"
+    );
+    ts.stop().await;
+}

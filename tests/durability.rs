@@ -219,7 +219,7 @@ async fn durable_view(ts: &TestServer) -> Value {
                 "champion": [d["champion"]["model"], d["champion"]["version"]],
                 "challengers": challengers(d),
                 "evaluation": d["evaluation"],
-                "prediction_log_rows": d["prediction_log"]["rows"],
+                "prediction_log_rows": all["gateway"]["prediction_log"]["rows"],
             })
         })
         .collect();

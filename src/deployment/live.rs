@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::LoadedModel;
 use crate::config::{ChallengerConfig, ChallengerMode, ModelRef, RoutingConfig};
 use crate::protocol::{TensorSpec, shape_string};
-use crate::runtime::{ExecutionPlan, Runner, WorkerOptions};
+use crate::runtime::{ExecutionPlan, Runner, SpawnError, WorkerOptions};
 use crate::store::Role;
 
 /// Operational counters of one model in one deployment (kept across live-set changes).
@@ -27,6 +27,9 @@ pub struct MemberStats {
     pub errors: AtomicU64,
     /// Mirrored requests abandoned after its timeout.
     pub timeouts: AtomicU64,
+    /// Mirrored requests it could not take (more rows than its
+    /// `max_batch_size`), so not run.
+    pub rejected: AtomicU64,
     /// Mirrored requests answered in time.
     pub completed: AtomicU64,
     /// Engine time per request (µs), for the latency guardrail.
@@ -40,6 +43,7 @@ pub struct MemberStatsSnapshot {
     pub dropped: u64,
     pub errors: u64,
     pub timeouts: u64,
+    pub rejected: u64,
     pub completed: u64,
     pub p99_us: Option<f64>,
 }
@@ -76,6 +80,7 @@ impl MemberStats {
             dropped: get(&self.dropped),
             errors: get(&self.errors),
             timeouts: get(&self.timeouts),
+            rejected: get(&self.rejected),
             completed: get(&self.completed),
             p99_us: self.p99_us(),
         }
@@ -104,7 +109,7 @@ impl Member {
         challenger: Option<ChallengerConfig>,
         mirrored: bool,
         stats: Arc<MemberStats>,
-    ) -> Member {
+    ) -> Result<Member, SpawnError> {
         let (role, workers, capacity, timeout_ms, low_priority) = match &challenger {
             Some(c) => (
                 match c.mode {
@@ -120,22 +125,24 @@ impl Member {
             // that answers live traffic) are background work too.
             None => (Role::Champion, 1, 256, 10_000, true),
         };
-        let mirror = mirrored.then(|| {
-            let label = format!("{}@{}-mirror", model.name(), model.version());
-            let serving = model.runner.plan();
-            // The mirrored copies batch as the model's own requests do.
-            let plan = ExecutionPlan::always_pool(serving.single_row_us, serving.per_row_us)
-                .with_batching(serving.batch_max_rows);
-            let options = WorkerOptions {
-                workers,
-                low_priority,
-                // A mirrored request past its timeout is counted as one
-                // without spending CPU on it.
-                expire_after: Some(std::time::Duration::from_millis(timeout_ms)),
-            };
-            Runner::start_workers(&label, Arc::clone(model.model()), plan, capacity, options)
-        });
-        Member {
+        let mirror = mirrored
+            .then(|| {
+                let label = format!("{}@{}-mirror", model.name(), model.version());
+                let serving = model.runner.plan();
+                // The mirrored copies batch as the model's own requests do.
+                let plan = ExecutionPlan::always_pool(serving.single_row_us, serving.per_row_us)
+                    .with_batching(serving.batch_max_rows);
+                let options = WorkerOptions {
+                    workers,
+                    low_priority,
+                    // A mirrored request past its timeout is counted as one
+                    // without spending CPU on it.
+                    expire_after: Some(std::time::Duration::from_millis(timeout_ms)),
+                };
+                Runner::start_workers(&label, Arc::clone(model.model()), plan, capacity, options)
+            })
+            .transpose()?;
+        Ok(Member {
             model,
             role,
             challenger,
@@ -143,7 +150,7 @@ impl Member {
             timeout: std::time::Duration::from_millis(timeout_ms),
             stats,
             mirror_dropped: std::sync::OnceLock::new(),
-        }
+        })
     }
 
     pub fn model_ref(&self) -> ModelRef {

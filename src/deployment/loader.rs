@@ -67,6 +67,10 @@ pub enum LoadError {
     WarmUp(runtime::RuntimeError),
     #[error("reference statistics: {0}")]
     Reference(#[from] ReferenceError),
+    #[error("{0}")]
+    Settings(String),
+    #[error(transparent)]
+    Workers(#[from] runtime::SpawnError),
 }
 
 /// Loads, checks and warms `entry`. Blocking: call from a blocking thread.
@@ -76,6 +80,17 @@ pub fn load_model(
     inline_budget_us: f64,
 ) -> Result<LoadedModel, LoadError> {
     let started = Instant::now();
+    // The `[runtime]` table of model.toml, bounded as the gateway's own
+    // settings are (a version dropped in at run time is checked here too).
+    crate::config::check_settings(
+        "model.toml runtime",
+        &entry
+            .metadata
+            .runtime
+            .resolve(&Default::default(), &ModelDefaults::default()),
+    )
+    .and_then(|()| crate::config::check_settings("runtime settings", &settings))
+    .map_err(|e| LoadError::Settings(format!("{}: {}", e.key, e.reason)))?;
     let engine = EngineSettings {
         instances: settings.instances,
         intra_op_threads: settings.intra_op_threads,
@@ -134,7 +149,7 @@ pub fn load_model(
         plan
     };
     let label = format!("{}@{}", entry.name, entry.version);
-    let runner = Runner::start(&label, model, plan, settings.queue_capacity);
+    let runner = Runner::start(&label, model, plan, settings.queue_capacity)?;
     let load_duration = started.elapsed();
     let metrics = ModelMetrics::new(&entry.name, entry.version);
     metrics.loaded(load_duration, plan.inline_max_rows);

@@ -45,6 +45,10 @@ pub struct HistoryRecord {
     pub evidence: Option<Value>,
     /// The deployment's configuration in force when it happened.
     pub config: DeploymentConfig,
+    /// `challenger_added`/`challenger_removed`: the challenger's settings
+    /// (mode, fraction, workers, queue, timeout) added or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger: Option<ChallengerConfig>,
 }
 
 fn metric_name(m: crate::evaluation::metrics::MetricKind) -> String {
@@ -303,6 +307,7 @@ impl Gateway {
             reason,
             evidence: serde_json::to_value(c).ok(),
             config: state.clone(),
+            challenger: None,
         };
         if let Err(e) = self
             .apply_with(d, state.clone(), runtime, Some(&record))
@@ -364,6 +369,7 @@ impl Gateway {
             reason,
             evidence,
             config: old,
+            challenger: None,
         };
         let state = self.apply_with(d, state, runtime, Some(&record)).await?;
         tracing::info!(deployment = name, from = %previous, to = %target, "promoted");
@@ -419,6 +425,7 @@ impl Gateway {
             reason,
             evidence,
             config: old,
+            challenger: None,
         };
         let state = self.apply_with(d, state, runtime, Some(&record)).await?;
         tracing::warn!(deployment = name, from = %demoted, to = %target, "rolled back");
@@ -461,6 +468,7 @@ impl Gateway {
                 reason: format!("{} shadowed for promotion.keep_previous_secs", prev.model),
                 evidence: None,
                 config: old,
+                challenger: None,
             };
             if let Err(e) = self.apply_with(d, state, runtime, Some(&record)).await {
                 tracing::error!(deployment = %d.name, error = %e, "cannot retire the previous champion");
@@ -499,19 +507,24 @@ fn shadow_of(r: &ModelRef) -> ChallengerConfig {
 }
 
 /// A record for a challenger change made by a person.
+/// The audit record of a challenger added (`to`) or removed (`from`), with
+/// its settings.
 pub fn challenger_change(
     action: &str,
     who: Option<String>,
-    model: &ModelRef,
+    challenger: &ChallengerConfig,
     config: &DeploymentConfig,
 ) -> HistoryRecord {
+    let model = Some(challenger.model_ref());
+    let added = action == "challenger_added";
     HistoryRecord {
         action: action.into(),
         trigger: Trigger::Person(who),
-        from: None,
-        to: Some(model.clone()),
+        from: if added { None } else { model.clone() },
+        to: if added { model } else { None },
         reason: String::new(),
         evidence: None,
         config: config.clone(),
+        challenger: Some(challenger.clone()),
     }
 }

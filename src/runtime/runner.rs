@@ -102,6 +102,18 @@ pub enum RunnerError {
     Runtime(#[from] RuntimeError),
 }
 
+/// A runner whose worker threads could not all be started; the ones that
+/// were have been stopped and joined.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start worker thread {started_of} of '{model}': {source}")]
+pub struct SpawnError {
+    pub model: String,
+    /// `n/total`: the thread that failed.
+    started_of: String,
+    #[source]
+    source: std::io::Error,
+}
+
 struct Job {
     inputs: JobInputs,
     /// Rows (the first input's first dimension; 0 when it has none).
@@ -224,7 +236,7 @@ impl Runner {
         model: Arc<dyn Model>,
         plan: ExecutionPlan,
         queue_capacity: usize,
-    ) -> Runner {
+    ) -> Result<Runner, SpawnError> {
         let workers = model.instances();
         let options = WorkerOptions {
             workers,
@@ -235,22 +247,30 @@ impl Runner {
     }
 
     /// Starts worker threads fed by a queue of `queue_capacity` requests.
+    /// When a thread cannot be started (the system's thread or memory
+    /// limit), the ones already started are stopped and joined before the
+    /// error returns: a failed start leaves nothing running.
     pub fn start_workers(
         label: &str,
         model: Arc<dyn Model>,
         plan: ExecutionPlan,
         queue_capacity: usize,
         options: WorkerOptions,
-    ) -> Runner {
+    ) -> Result<Runner, SpawnError> {
         let WorkerOptions {
             workers,
             low_priority,
             expire_after,
         } = options;
+        let spawn_error = |n: usize, source| SpawnError {
+            model: label.to_owned(),
+            started_of: format!("{}/{}", n + 1, workers.max(1)),
+            source,
+        };
         if low_priority {
             // Started from here, at normal priority: a thread inherits its
             // creator's scheduling class, so an idle worker must not start it.
-            Recorder::global();
+            Recorder::start().map_err(|e| spawn_error(0, e))?;
         }
         let capacity = queue_capacity.max(1);
         let (queue, source) = if low_priority {
@@ -261,7 +281,7 @@ impl Runner {
             (Queue::Channel(tx), Source::Channel(rx))
         };
         let busy = Arc::new(AtomicUsize::new(0));
-        let mut threads = Vec::with_capacity(workers.max(1));
+        let mut handles = Vec::with_capacity(workers.max(1));
         for instance in 0..workers.max(1) {
             let worker = Worker {
                 instance,
@@ -272,23 +292,43 @@ impl Runner {
                 expire_after,
                 low_priority,
             };
-            let source = source.clone();
+            let worker_source = source.clone();
             let name = format!("infer-{instance}-{label}");
-            let handle = std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    if low_priority {
-                        idle_priority(&name);
+            let spawned = spawn_thread(name.clone(), move || {
+                if low_priority {
+                    idle_priority(&name);
+                }
+                worker.run(&worker_source);
+            });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    // Close the queue (its only sender, or the idle queue's
+                    // flag), then wait for the started workers to see it.
+                    drop(source);
+                    match queue {
+                        Queue::Channel(tx) => drop(tx),
+                        Queue::Idle(q) => {
+                            q.close();
+                            for h in &handles {
+                                h.thread().unpark();
+                            }
+                        }
                     }
-                    worker.run(&source);
-                })
-                .expect("spawning an inference worker thread");
-            threads.push(handle.thread().clone());
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(spawn_error(instance, e));
+                }
+            }
         }
+        drop(source);
         if let Queue::Idle(q) = &queue {
-            let _ = q.workers.set(threads);
+            let _ = q
+                .workers
+                .set(handles.iter().map(|h| h.thread().clone()).collect());
         }
-        Runner {
+        Ok(Runner {
             label: label.to_owned(),
             model,
             plan,
@@ -299,7 +339,7 @@ impl Runner {
             last_arrival_us: AtomicU64::new(0),
             arrival_gap_us: AtomicU64::new(MAX_GAP_US),
             batching: AtomicBool::new(false),
-        }
+        })
     }
 
     pub fn model(&self) -> &Arc<dyn Model> {
@@ -488,7 +528,6 @@ struct Recorder {
     ready: Condvar,
 }
 
-#[derive(Default)]
 struct RecorderState {
     queue: VecDeque<(Callback, Answer)>,
     /// The recorder waits on `ready`.
@@ -506,20 +545,31 @@ const RECORDER_CAPACITY: usize = 1 << 16;
 const RECORDER_TICK: Duration = Duration::from_millis(2);
 const RECORDER_WAKE: usize = 4096;
 
+static RECORDER: Recorder = Recorder {
+    state: Mutex::new(RecorderState {
+        queue: VecDeque::new(),
+        waiting: false,
+        idle: false,
+    }),
+    ready: Condvar::new(),
+};
+
 impl Recorder {
+    /// The recorder; its thread runs once [`Recorder::start`] succeeded
+    /// (before any idle-priority worker exists).
     fn global() -> &'static Recorder {
-        static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
-        RECORDER.get_or_init(|| {
-            let recorder: &'static Recorder = Box::leak(Box::new(Recorder {
-                state: Mutex::new(RecorderState::default()),
-                ready: Condvar::new(),
-            }));
-            std::thread::Builder::new()
-                .name("mirror-recorder".into())
-                .spawn(move || recorder.run())
-                .expect("spawning the mirror recorder thread");
-            recorder
-        })
+        &RECORDER
+    }
+
+    /// Starts the recorder's thread unless it runs already.
+    fn start() -> std::io::Result<()> {
+        static STARTED: Mutex<bool> = Mutex::new(false);
+        let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+        if !*started {
+            spawn_thread("mirror-recorder".into(), || RECORDER.run())?;
+            *started = true;
+        }
+        Ok(())
     }
 
     fn push(&self, then: Callback, answer: Answer) {
@@ -895,6 +945,17 @@ impl IdleQueue {
     }
 }
 
+/// Starts a named thread. Under test, [`tests::fail_spawn_after`] makes the
+/// calling thread's later spawns fail, as the system would at its limit.
+fn spawn_thread(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    #[cfg(test)]
+    tests::spawn_allowed()?;
+    std::thread::Builder::new().name(name).spawn(f)
+}
+
 /// Moves the calling thread to the idle scheduling class (Linux
 /// `SCHED_IDLE`; elsewhere the lowest priority): it runs only when no
 /// normal thread wants the CPU. Mirror workers run there by default.
@@ -1022,6 +1083,84 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, RuntimeError>) -> Result<T, RuntimeE
 mod tests {
     use super::*;
     use crate::protocol::TensorData;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Spawns this thread may still make (`None`: no limit).
+        static SPAWNS_LEFT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// From now on, spawns from this thread fail after `n` more succeed
+    /// (`None`: no limit again).
+    pub(super) fn fail_spawn_after(n: Option<usize>) {
+        SPAWNS_LEFT.with(|c| c.set(n));
+    }
+
+    pub(super) fn spawn_allowed() -> std::io::Result<()> {
+        SPAWNS_LEFT.with(|c| match c.get() {
+            None => Ok(()),
+            Some(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "Resource temporarily unavailable (the test's thread limit)",
+            )),
+            Some(n) => {
+                c.set(Some(n - 1));
+                Ok(())
+            }
+        })
+    }
+
+    /// A runner whose fourth worker thread cannot start returns an error
+    /// (no panic), and the three it started are stopped and joined before
+    /// it returns: each held the model, and none holds it any more.
+    #[test]
+    fn a_failed_start_stops_and_joins_the_workers_it_started() {
+        let model = example_model(1);
+        for low_priority in [false, true] {
+            Recorder::start().expect("the recorder starts");
+            fail_spawn_after(Some(3));
+            let started = Runner::start_workers(
+                "spawn-test",
+                Arc::clone(&model),
+                ExecutionPlan::always_pool(10.0, 1.0).with_batching(32),
+                16,
+                WorkerOptions {
+                    workers: 8,
+                    low_priority,
+                    expire_after: None,
+                },
+            );
+            fail_spawn_after(None);
+            let e = started.err().expect("the fourth worker cannot start");
+            assert!(e.to_string().contains("thread 4/8 of 'spawn-test'"), "{e}");
+            assert_eq!(
+                Arc::strong_count(&model),
+                1,
+                "a worker still holds the model (low_priority = {low_priority})"
+            );
+        }
+        // And a start that succeeds serves.
+        let runner = Runner::start_workers(
+            "spawn-test",
+            Arc::clone(&model),
+            ExecutionPlan::always_pool(10.0, 1.0),
+            16,
+            WorkerOptions {
+                workers: 2,
+                low_priority: false,
+                expire_after: None,
+            },
+        )
+        .expect("workers start");
+        let rows = holdout_rows();
+        let (tx, rx) = std::sync::mpsc::channel();
+        runner
+            .try_submit_then(Arc::new(input(&rows[..1])), move |a| {
+                let _ = tx.send(a.is_ok());
+            })
+            .expect("queued");
+        assert_eq!(rx.recv(), Ok(true));
+    }
 
     /// The held-out breast-cancer rows the example models were checked on.
     fn holdout_rows() -> Vec<Vec<f32>> {
@@ -1245,7 +1384,7 @@ mod tests {
             inline_when_idle: true,
             ..ExecutionPlan::from_measurements(4.0, 0.1, 50.0, 1024).with_batching(1024)
         };
-        let runner = Runner::start("test", model, plan, 8);
+        let runner = Runner::start("test", model, plan, 8).expect("workers start");
         let mut now = 0;
         let mut arrive = |gap: u64, rows: usize| {
             now += gap;
@@ -1285,7 +1424,8 @@ mod tests {
             example_model(1),
             ExecutionPlan::from_measurements(4.0, 0.1, 50.0, 1024),
             8,
-        );
+        )
+        .expect("workers start");
         pinned.busy.fetch_add(1, Ordering::AcqRel);
         assert!(pinned.inline_at(1, 10));
     }

@@ -1,9 +1,11 @@
 //! Admin API: deployments, their challengers and what is known of each model.
 //!
-//! - `GET /admin/deployments` — every deployment, summarised
+//! - `GET /admin/deployments` — every deployment, summarised, and under
+//!   `gateway` the gateway-wide prediction-log counters
 //! - `GET /admin/deployments/{name}` — champion, challengers (mode, share,
 //!   queue, drops, errors), metrics per model per window, label coverage,
-//!   agreement with the champion, prediction-log counters
+//!   agreement with the champion, and under `gateway` what every deployment
+//!   shares (the prediction log's counters)
 //! - `POST /admin/deployments/{name}/challengers` — add a challenger
 //!   (`{"model", "version", "mode": "shadow"|"canary", "fraction", "workers",
 //!   "queue_capacity", "timeout_ms", "low_priority"}`); it is loaded, validated and warmed
@@ -75,7 +77,12 @@ pub fn deployment_json(g: &Gateway, d: &Deployment) -> Value {
                 }
                 None => json!({
                     "model": c.model, "version": c.version, "mode": c.mode, "fraction": c.fraction,
-                    "live": false, "stats": d.member_stats(&c.model_ref()).snapshot(),
+                    "workers": c.workers, "queue_capacity": c.queue_capacity,
+                    "timeout_ms": c.timeout_ms, "low_priority": c.low_priority,
+                    "live": false,
+                    "reason": d.down_reason(&c.model_ref())
+                        .unwrap_or_else(|| "not in the live set".into()),
+                    "stats": d.member_stats(&c.model_ref()).snapshot(),
                 }),
             }
         })
@@ -86,7 +93,6 @@ pub fn deployment_json(g: &Gateway, d: &Deployment) -> Value {
             json!({ "model": state.champion.model, "version": state.champion.version, "live": false })
         }
     };
-    let counters = g.store().counters();
     json!({
         "name": d.name,
         "ready": live.is_some(),
@@ -101,6 +107,14 @@ pub fn deployment_json(g: &Gateway, d: &Deployment) -> Value {
             "refused": d.runtime().refused,
         },
         "evaluation": g.evaluator().snapshot(&d.name),
+    })
+}
+
+/// What is shared by every deployment: the prediction log (one for the
+/// whole gateway; its counters are not per deployment).
+pub fn gateway_json(g: &Gateway) -> Value {
+    let counters = g.store().counters();
+    json!({
         "prediction_log": {
             "rows": counters.rows.load(Ordering::Relaxed),
             "dropped": counters.dropped.load(Ordering::Relaxed),
@@ -112,7 +126,7 @@ pub fn deployment_json(g: &Gateway, d: &Deployment) -> Value {
 pub async fn list(State(s): Shared) -> Json<Value> {
     let g = &s.gateway;
     let deployments: Vec<Value> = g.deployments().map(|d| deployment_json(g, d)).collect();
-    Json(json!({ "deployments": deployments }))
+    Json(json!({ "deployments": deployments, "gateway": gateway_json(g) }))
 }
 
 fn find<'a>(g: &'a Gateway, name: &str) -> Result<&'a Deployment, ApiError> {
@@ -122,7 +136,9 @@ fn find<'a>(g: &'a Gateway, name: &str) -> Result<&'a Deployment, ApiError> {
 
 pub async fn detail(State(s): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let d = find(&s.gateway, &name)?;
-    Ok(Json(deployment_json(&s.gateway, d)))
+    let mut v = deployment_json(&s.gateway, d);
+    v["gateway"] = gateway_json(&s.gateway);
+    Ok(Json(v))
 }
 
 pub fn change_error(e: ChangeError) -> ApiError {

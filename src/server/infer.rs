@@ -222,6 +222,12 @@ async fn infer_deployment(
         let Some(runner) = &member.mirror else {
             continue;
         };
+        // A copy the member would refuse as a direct request (more rows
+        // than its own max_batch_size) is not run, only counted.
+        if p.rows > member.model.settings.max_batch_size {
+            mirror_rejected(d, member);
+            continue;
+        }
         if runner.is_full() {
             mirror_dropped(d, member);
             continue;
@@ -307,6 +313,21 @@ fn mirror_dropped(d: &Deployment, member: &Member) {
             crate::telemetry::mirror_dropped(&d.name, member.model.name(), member.model.version())
         })
         .increment(1);
+}
+
+/// Counts a mirrored copy not run because the member could not take it (more
+/// rows than its `max_batch_size`).
+fn mirror_rejected(d: &Deployment, member: &Member) {
+    member
+        .stats
+        .rejected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::telemetry::mirror_failed(
+        &d.name,
+        member.model.name(),
+        member.model.version(),
+        "rejected",
+    );
 }
 
 /// Hands the request's copy to a member's own workers; never waits for a

@@ -314,6 +314,7 @@ pub async fn repository_index(State(s): Shared, body: Bytes) -> Result<Json<Valu
         }
     };
     let g = &s.gateway;
+    g.refresh_repository().await;
     let mut out = Vec::new();
     for (name, version, state) in g.model_states() {
         if ready_only && !matches!(state, ModelState::Ready(_)) {

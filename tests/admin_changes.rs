@@ -1,0 +1,368 @@
+//! Admin changes at run time, on a real server with the real example
+//! models: settings out of bounds are refused (admin API and configuration)
+//! and change nothing; a version dropped into the repository while the
+//! server runs can be added as a challenger without a restart; a mirrored
+//! copy a challenger could not take (over its own `max_batch_size`) is not
+//! run but counted; the audit trail records the challenger's settings.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::{
+    TestServer, assert_error, breast_cancer_features, challenger_of, challenger_stat,
+    classifier_request, expected_classes, i64_data, json_of, models_dir, output, test_config,
+};
+
+/// POST a challenger; returns the status and body.
+async fn post_challenger(ts: &TestServer, body: &Value) -> (reqwest::StatusCode, Value) {
+    ts.post_json("/admin/deployments/breast_cancer/challengers", body)
+        .await
+}
+
+async fn history(ts: &TestServer) -> Vec<Value> {
+    let (status, h) = ts
+        .get_json("/admin/deployments/breast_cancer/history")
+        .await;
+    assert_eq!(status, 200, "{h}");
+    h["history"].as_array().expect("history array").clone()
+}
+
+fn challenger_count(d: &Value) -> usize {
+    d["challengers"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_challenger_settings_are_refused_and_change_nothing() {
+    let ts = TestServer::start().await;
+    let refused = [
+        (json!({"workers": 100_000}), "workers", "at most 64"),
+        (
+            json!({"queue_capacity": 1_000_000_000_000u64}),
+            "queue_capacity",
+            "at most 65536",
+        ),
+        (
+            json!({"timeout_ms": 86_400_000}),
+            "timeout_ms",
+            "at most 600000",
+        ),
+        (json!({"workers": 0}), "workers", "at least 1"),
+    ];
+    for (settings, key, limit) in refused {
+        let mut body = json!({"model": "breast_cancer", "version": 3, "mode": "shadow"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(settings.as_object().unwrap().clone());
+        let (status, v) = post_challenger(&ts, &body).await;
+        assert_error(status, &v, 400, &[key, limit]);
+        let d = ts.deployment("breast_cancer").await;
+        assert_eq!(challenger_count(&d), 0, "after refusing {body}: {d}");
+        assert!(history(&ts).await.is_empty(), "a refused add was recorded");
+    }
+
+    // The bounds themselves are accepted, and the audit trail records the
+    // challenger's settings when it is added and when it is removed.
+    let (status, d) = post_challenger(
+        &ts,
+        &json!({"model": "breast_cancer", "version": 3, "mode": "canary", "fraction": 0.25,
+                "workers": 64, "queue_capacity": 65536, "timeout_ms": 600000}),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+    let c = challenger_of(&d, "breast_cancer", 3).expect("added");
+    assert_eq!(c["live"], true, "{c}");
+    assert_eq!(c["workers"], 64, "{c}");
+    let r = ts
+        .client
+        .delete(ts.url("/admin/deployments/breast_cancer/challengers/breast_cancer/3"))
+        .send()
+        .await
+        .expect("DELETE");
+    let (status, d) = json_of(r).await;
+    assert_eq!(status, 200, "{d}");
+    let h = history(&ts).await;
+    let actions: Vec<&str> = h.iter().filter_map(|r| r["action"].as_str()).collect();
+    assert_eq!(
+        actions,
+        ["challenger_added", "challenger_removed"],
+        "{h:#?}"
+    );
+    let want = json!({
+        "model": "breast_cancer", "version": 3, "mode": "canary", "fraction": 0.25,
+        "workers": 64, "queue_capacity": 65536, "timeout_ms": 600000, "low_priority": true,
+    });
+    assert_eq!(h[0]["challenger"], want, "{:#}", h[0]);
+    assert_eq!(
+        h[0]["to"],
+        json!({"model": "breast_cancer", "version": 3}),
+        "{:#}",
+        h[0]
+    );
+    assert_eq!(h[1]["challenger"], want, "{:#}", h[1]);
+    assert_eq!(
+        h[1]["from"],
+        json!({"model": "breast_cancer", "version": 3}),
+        "{:#}",
+        h[1]
+    );
+    assert_eq!(h[1]["to"], Value::Null, "{:#}", h[1]);
+    ts.stop().await;
+}
+
+#[test]
+fn oversized_settings_in_the_configuration_name_the_key() {
+    let cases = [
+        (
+            r#"
+[[deployments.breast_cancer.challengers]]
+model = "breast_cancer"
+version = 2
+mode = "shadow"
+workers = 100000
+"#,
+            "deployments.breast_cancer.challengers[0].workers",
+            "at most 64",
+        ),
+        (
+            r#"
+[[deployments.breast_cancer.challengers]]
+model = "breast_cancer"
+version = 2
+mode = "shadow"
+queue_capacity = 1000000000000
+"#,
+            "deployments.breast_cancer.challengers[0].queue_capacity",
+            "at most 65536",
+        ),
+        (
+            r#"
+[runtime]
+queue_capacity = 1000000000000
+"#,
+            "runtime.queue_capacity",
+            "at most 65536",
+        ),
+        (
+            r#"
+[models.breast_cancer]
+instances = 100000
+"#,
+            "models.breast_cancer.instances",
+            "at most 64",
+        ),
+        (
+            r#"
+[models.breast_cancer]
+max_batch_size = 1000000000
+"#,
+            "models.breast_cancer.max_batch_size",
+            "at most 1048576",
+        ),
+    ];
+    for (extra, key, reason) in cases {
+        let text = support::config_toml("", extra);
+        let e =
+            contender::Config::from_toml(&text, &support::repo_root()).expect_err("out of bounds");
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.reason.contains(reason), "{e}");
+    }
+}
+
+/// A repository of every example model where `breast_cancer` is a real
+/// directory (its versions linked), so that a test can add versions to it.
+fn writable_repository() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary repository");
+    for entry in std::fs::read_dir(models_dir()).expect("models/ is readable") {
+        let entry = entry.expect("a models/ entry");
+        let link = dir.path().join(entry.file_name());
+        if entry.file_name() == "breast_cancer" {
+            std::fs::create_dir(&link).expect("breast_cancer/");
+            for v in std::fs::read_dir(entry.path()).expect("versions") {
+                let v = v.expect("a version");
+                std::os::unix::fs::symlink(v.path(), link.join(v.file_name())).expect("link");
+            }
+        } else {
+            std::os::unix::fs::symlink(entry.path(), link).expect("link");
+        }
+    }
+    dir
+}
+
+/// Copies `models/breast_cancer/2` to `<repo>/breast_cancer/<version>`,
+/// appending `toml_extra` to its model.toml (as training a version and
+/// dropping it in would).
+fn drop_in_version(repo: &Path, version: u64, toml_extra: &str) {
+    let from = models_dir().join("breast_cancer").join("2");
+    let to = repo.join("breast_cancer").join(version.to_string());
+    std::fs::create_dir(&to).expect("version directory");
+    for f in [
+        "model.onnx",
+        "reference.json",
+        "expected.json",
+        "model.toml",
+    ] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy");
+    }
+    let toml = std::fs::read_to_string(to.join("model.toml")).expect("model.toml");
+    std::fs::write(to.join("model.toml"), toml + toml_extra).expect("model.toml");
+}
+
+fn index_entry(index: &Value, version: &str) -> Option<Value> {
+    index
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == "breast_cancer" && m["version"] == version)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_dropped_in_at_run_time_becomes_a_challenger_without_restart() {
+    let repo = writable_repository();
+    let mut config = test_config("", "");
+    config.repository.path = repo.path().to_path_buf();
+    let ts = TestServer::start_config(config).await;
+
+    drop_in_version(repo.path(), 7, "");
+    // The repository index lists it (not loaded yet).
+    let (status, index) = ts.post_json("/v2/repository/index", &json!({})).await;
+    assert_eq!(status, 200, "{index}");
+    let entry = index_entry(&index, "7").unwrap_or_else(|| panic!("7 not listed: {index}"));
+    assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+
+    drop_in_version(repo.path(), 8, "");
+    // Version 8 is added without the index having seen it first.
+    for version in [7, 8] {
+        let (status, d) = post_challenger(
+            &ts,
+            &json!({"model": "breast_cancer", "version": version, "mode": "shadow",
+                    "queue_capacity": 1024, "timeout_ms": 60000}),
+        )
+        .await;
+        assert_eq!(status, 201, "{d}");
+        let c = challenger_of(&d, "breast_cancer", version).expect("added");
+        assert_eq!(c["live"], true, "{c}");
+    }
+    let (_, index) = ts.post_json("/v2/repository/index", &json!({})).await;
+    assert_eq!(index_entry(&index, "7").expect("7")["state"], "READY");
+
+    // They score the mirrored requests (a copy of version 2: its answers).
+    let rows = breast_cancer_features();
+    let want = expected_classes(1);
+    for (i, a) in ts
+        .infer_rows("breast_cancer", &rows[..20])
+        .await
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(i64_data(output(&a.response, "label")), vec![want[i]]);
+    }
+    ts.wait_deployment("breast_cancer", "the new versions score every copy", |d| {
+        [7, 8]
+            .iter()
+            .all(|&v| challenger_stat(d, "breast_cancer", v, "completed") == 20)
+    })
+    .await;
+    let (status, r) = ts
+        .post_json(
+            "/v2/models/breast_cancer/versions/7/infer",
+            &classifier_request(&rows[..3]),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        i64_data(output(&r, "label")),
+        expected_classes(2)[..3].to_vec()
+    );
+
+    // A dropped-in version is validated as at start: bad settings in its
+    // model.toml are refused with the reason; nothing changes.
+    drop_in_version(repo.path(), 9, "\n[runtime]\ninstances = 100000\n");
+    let (status, v) = post_challenger(
+        &ts,
+        &json!({"model": "breast_cancer", "version": 9, "mode": "shadow"}),
+    )
+    .await;
+    assert_error(
+        status,
+        &v,
+        400,
+        &[
+            "breast_cancer@9",
+            "model.toml runtime.instances",
+            "at most 64",
+        ],
+    );
+    // A version that is on disk nowhere is still unknown.
+    let (status, v) = post_challenger(
+        &ts,
+        &json!({"model": "breast_cancer", "version": 10, "mode": "shadow"}),
+    )
+    .await;
+    assert_error(status, &v, 404, &["no valid version 10", "7, 8, 9"]);
+    let d = ts.deployment("breast_cancer").await;
+    assert_eq!(challenger_count(&d), 2, "{d}");
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_copy_over_the_challengers_max_batch_size_is_not_run() {
+    let repo = writable_repository();
+    let mut config = test_config("", "");
+    config.repository.path = repo.path().to_path_buf();
+    let ts = TestServer::start_config(config).await;
+    drop_in_version(repo.path(), 5, "\n[runtime]\nmax_batch_size = 4\n");
+    let (status, d) = post_challenger(
+        &ts,
+        &json!({"model": "breast_cancer", "version": 5, "mode": "shadow",
+                "queue_capacity": 1024, "timeout_ms": 60000}),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+    let rows = breast_cancer_features();
+
+    // Directly, it refuses 10 rows.
+    let (status, v) = ts
+        .post_json(
+            "/v2/models/breast_cancer/versions/5/infer",
+            &classifier_request(&rows[..10]),
+        )
+        .await;
+    assert_error(status, &v, 400, &["max_batch_size of 4"]);
+
+    // Through the deployment the champion answers 10 rows; the copy is not
+    // run on version 5 but counted as rejected. 3 rows are mirrored.
+    let a = ts
+        .infer_ok("breast_cancer", &classifier_request(&rows[..10]), None)
+        .await;
+    assert_eq!(a.model_version, "1");
+    assert_eq!(
+        i64_data(output(&a.response, "label")),
+        expected_classes(1)[..10].to_vec()
+    );
+    ts.infer_ok("breast_cancer", &classifier_request(&rows[..3]), None)
+        .await;
+    let d = ts
+        .wait_deployment("breast_cancer", "the 3-row copy is scored", |d| {
+            challenger_stat(d, "breast_cancer", 5, "completed") == 1
+        })
+        .await;
+    let c = challenger_of(&d, "breast_cancer", 5).expect("listed");
+    let s = &c["stats"];
+    assert_eq!(s["rejected"], 1, "{c}");
+    assert_eq!(s["mirrored"], 1, "{c}");
+    assert_eq!(s["errors"], 0, "{c}");
+    assert_eq!(d["champion"]["stats"]["served"], 2, "{d}");
+    let metrics = ts.metrics_text().await;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("contender_mirror_failures_total")
+                && l.contains("error_type=\"rejected\"")
+                && l.contains("version=\"5\"")
+        })
+        .unwrap_or_else(|| panic!("no rejected-copy counter in\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    ts.stop().await;
+}

@@ -234,8 +234,10 @@ fn missing_model(repository: &Repository, r: &ModelRef) -> Option<String> {
 }
 
 /// Why a version found on disk after start is not loaded.
-const NOT_LOADED_YET: &str =
-    "not loaded: found in the repository after start; loaded when a deployment uses it";
+const NOT_LOADED_YET: &str = "not loaded: found in the repository after start; loaded when a deployment uses it or by POST /v2/repository/models/{name}/load";
+/// Why a version unloaded on request is not loaded.
+const UNLOADED: &str =
+    "unloaded (POST /v2/repository/models/{name}/unload); POST …/load loads it again";
 
 impl Gateway {
     /// Scans the repository, opens the store, and settles each deployment's
@@ -651,6 +653,95 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Triton's repository `load`: looks at the repository on disk again,
+    /// then loads and warms every version of `name` that is not loaded yet,
+    /// so that it answers on `/v2/models/{name}/versions/{v}` and can join a
+    /// deployment at once. Returns the versions now ready.
+    pub async fn load_repository_model(&self, name: &str) -> Result<Vec<u64>, ChangeError> {
+        self.refresh_repository().await;
+        let versions = self.repository().versions(name);
+        if versions.is_empty() {
+            return Err(ChangeError::NotFound(format!(
+                "model '{name}' is not in the repository ({}), or none of its versions is valid",
+                self.config.repository.path.display()
+            )));
+        }
+        let mut failed = Vec::new();
+        for version in &versions {
+            let r = ModelRef {
+                model: name.to_owned(),
+                version: *version,
+            };
+            if let Err(e) = self.ensure_loaded(&r).await {
+                failed.push(e.to_string());
+            }
+        }
+        if !failed.is_empty() {
+            return Err(ChangeError::Invalid(failed.join("; ")));
+        }
+        Ok(versions)
+    }
+
+    /// Triton's repository `unload`: frees every loaded version of `name`
+    /// that no deployment uses (its state becomes UNAVAILABLE, "unloaded";
+    /// requests already running finish). A version a deployment uses (as
+    /// champion or challenger) is refused: change the deployment first.
+    /// Returns the versions unloaded.
+    pub async fn unload_repository_model(&self, name: &str) -> Result<Vec<u64>, ChangeError> {
+        if self.state_versions(name).is_empty() {
+            return Err(ChangeError::NotFound(format!(
+                "model '{name}' is not in the repository"
+            )));
+        }
+        // No deployment change runs meanwhile (they take these in the same
+        // order, one at a time).
+        let mut guards = Vec::with_capacity(self.deployments.len());
+        for d in self.deployments.values() {
+            guards.push(d.changes.lock().await);
+        }
+        let mut users = Vec::new();
+        for d in self.deployments.values() {
+            let state = d.state();
+            let members = std::iter::once(state.champion.clone())
+                .chain(state.challengers.iter().map(ChallengerConfig::model_ref));
+            for r in members.filter(|r| r.model == name) {
+                users.push(format!("{r} serves deployment '{}'", d.name));
+            }
+        }
+        if !users.is_empty() {
+            return Err(ChangeError::Invalid(format!(
+                "model '{name}' cannot be unloaded: {}; remove or replace it there first",
+                users.join(", ")
+            )));
+        }
+        let mut unloaded = Vec::new();
+        self.models.rcu(|table| {
+            unloaded.clear();
+            let mut table = ModelTable::clone(table);
+            if let Some(versions) = table.get_mut(name) {
+                for (version, state) in versions.iter_mut() {
+                    if matches!(state, ModelState::Ready(_)) {
+                        *state = ModelState::Unavailable(UNLOADED.into());
+                        unloaded.push(*version);
+                    }
+                }
+            }
+            table
+        });
+        drop(guards);
+        tracing::info!(model = %name, versions = ?unloaded, "model unloaded");
+        Ok(unloaded)
+    }
+
+    /// The versions of `name` the gateway knows, in any state.
+    fn state_versions(&self, name: &str) -> Vec<u64> {
+        self.models
+            .load()
+            .get(name)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Adds a challenger: loads, validates and warms it before it takes

@@ -65,6 +65,15 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/deployments/{name}/rollback", post(admin::rollback))
         .route("/admin/deployments/{name}/history", get(admin::history))
         .route("/admin/deployments/{name}/drift", get(admin::drift))
+        // Triton's repository load/unload change what is loaded: admin access.
+        .route(
+            "/v2/repository/models/{name}/load",
+            post(v2::repository_load),
+        )
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(v2::repository_unload),
+        )
         .route_layer(from_fn_with_state(Arc::clone(&state), auth::admin));
     Router::new()
         .route("/v2", get(v2::server_metadata))

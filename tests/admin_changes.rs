@@ -366,3 +366,133 @@ async fn a_mirrored_copy_over_the_challengers_max_batch_size_is_not_run() {
     assert!(line.ends_with(" 1"), "{line}");
     ts.stop().await;
 }
+
+/// Triton's repository `load` and `unload`: a version dropped in is loaded
+/// and answers without a restart; a model no deployment uses is unloaded
+/// and loaded again; a deployment's model, an unknown model and parameters
+/// contender does not take are refused; another origin's page is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_load_and_unload() {
+    let repo = writable_repository();
+    let mut config = test_config("", "");
+    config.repository.path = repo.path().to_path_buf();
+    let ts = TestServer::start_config(config).await;
+    let row = classifier_request(&breast_cancer_features()[..1]);
+
+    // A version dropped in: unknown until loaded, then it answers.
+    drop_in_version(repo.path(), 9, "");
+    let (status, body) = ts
+        .post_json("/v2/models/breast_cancer/versions/9/infer", &row)
+        .await;
+    assert_error(status, &body, 404, &["9"]);
+    let (status, body) = ts
+        .post_json("/v2/repository/models/breast_cancer/load", &json!({}))
+        .await;
+    if cfg!(feature = "torchscript") {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["versions"], json!(["1", "2", "3", "4", "9"]), "{body}");
+    } else {
+        // Version 4 is TorchScript, which this build cannot load: the load
+        // says so, and loads the others.
+        assert_error(status, &body, 400, &["breast_cancer@4", "torchscript"]);
+    }
+    let (status, body) = ts
+        .post_json("/v2/models/breast_cancer/versions/9/infer", &row)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"], "9");
+    assert_eq!(
+        i64_data(output(&body, "label")),
+        vec![expected_classes(2)[0]]
+    );
+    let (_, index) = ts.post_json("/v2/repository/index", &json!({})).await;
+    assert_eq!(index_entry(&index, "9").expect("9")["state"], "READY");
+
+    // `dtypes` serves no deployment: unloaded, it answers 503; loaded, 200.
+    let dtypes = json!({"inputs": [
+        {"name": "x_fp32", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]},
+        {"name": "x_fp64", "shape": [1, 3], "datatype": "FP64", "data": [1.0, 2.0, 3.0]},
+        {"name": "x_i32", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]},
+        {"name": "x_i64", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]},
+        {"name": "x_bool", "shape": [1, 3], "datatype": "BOOL", "data": [true, false, true]},
+        {"name": "x_u8", "shape": [1, 3], "datatype": "UINT8", "data": [1, 2, 3]}
+    ]});
+    let (status, body) = ts.post_json("/v2/models/dtypes/infer", &dtypes).await;
+    assert_eq!(status, 200, "{body}");
+    let r = ts
+        .client
+        .post(ts.url("/v2/repository/models/dtypes/unload"))
+        .send()
+        .await
+        .expect("unload");
+    let (status, body) = support::json_of(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["versions"], json!(["1"]), "{body}");
+    let (status, body) = ts.post_json("/v2/models/dtypes/infer", &dtypes).await;
+    assert_error(status, &body, 503, &["dtypes"]);
+    let (_, index) = ts.post_json("/v2/repository/index", &json!({})).await;
+    let entry = index
+        .as_array()
+        .expect("index")
+        .iter()
+        .find(|m| m["name"] == "dtypes")
+        .expect("dtypes listed")
+        .clone();
+    assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unloaded")),
+        "{entry}"
+    );
+    let (status, body) = ts
+        .post_json(
+            "/v2/repository/models/dtypes/load",
+            &json!({"parameters": {}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ts.post_json("/v2/models/dtypes/infer", &dtypes).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Refusals.
+    let (status, body) = ts
+        .post_json("/v2/repository/models/breast_cancer/unload", &json!({}))
+        .await;
+    assert_error(
+        status,
+        &body,
+        400,
+        &["breast_cancer@1", "deployment 'breast_cancer'"],
+    );
+    let (status, body) = ts.post_json("/v2/models/breast_cancer/infer", &row).await;
+    assert_eq!(status, 200, "the champion still answers: {body}");
+    for action in ["load", "unload"] {
+        let (status, body) = ts
+            .post_json(
+                &format!("/v2/repository/models/no_such_model/{action}"),
+                &json!({}),
+            )
+            .await;
+        assert_error(status, &body, 404, &["no_such_model"]);
+    }
+    let (status, body) = ts
+        .post_json(
+            "/v2/repository/models/dtypes/load",
+            &json!({"parameters": {"config": "{\"max_batch_size\": 8}"}}),
+        )
+        .await;
+    assert_error(status, &body, 501, &["config"]);
+    let r = ts
+        .client
+        .post(ts.url("/v2/repository/models/dtypes/unload"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("unload");
+    let (status, body) = support::json_of(r).await;
+    assert_error(status, &body, 403, &["cross-origin"]);
+    let (status, body) = ts.post_json("/v2/models/dtypes/infer", &dtypes).await;
+    assert_eq!(status, 200, "still loaded: {body}");
+    ts.stop().await;
+}

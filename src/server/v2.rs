@@ -301,6 +301,70 @@ pub async fn model_stats_v(
     Ok(stats_json([m]))
 }
 
+/// The body of a repository load or unload: empty, or an object whose
+/// `parameters` contender does not take (Triton's `config` and `file:`
+/// overrides, `unload_dependents`) — those are refused, not ignored.
+fn load_request(body: &Bytes) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
+    match v.get("parameters") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(p)) if p.is_empty() => Ok(()),
+        Some(Value::Object(p)) => Err(ApiError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "load/unload parameters are not supported ({}): contender loads the model as the repository has it",
+                p.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )),
+        Some(_) => Err(ApiError::invalid("'parameters' must be an object")),
+    }
+}
+
+/// `POST /v2/repository/models/{name}/load` (Triton's repository
+/// extension): reads the repository again and loads and warms every version
+/// of `name` not loaded yet. Admin access, like every change.
+pub async fn repository_load(
+    State(s): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    load_request(&body)?;
+    let versions = s
+        .gateway
+        .load_repository_model(&name)
+        .await
+        .map_err(super::admin::change_error)?;
+    Ok(Json(
+        json!({ "name": name, "versions": versions_json(&versions), "state": "READY" }),
+    ))
+}
+
+/// `POST /v2/repository/models/{name}/unload`: frees the loaded versions of
+/// `name` that no deployment uses; a version a deployment uses is refused.
+pub async fn repository_unload(
+    State(s): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    load_request(&body)?;
+    let versions = s
+        .gateway
+        .unload_repository_model(&name)
+        .await
+        .map_err(super::admin::change_error)?;
+    Ok(Json(
+        json!({ "name": name, "versions": versions_json(&versions), "state": "UNAVAILABLE" }),
+    ))
+}
+
+fn versions_json(versions: &[u64]) -> Vec<String> {
+    versions.iter().map(u64::to_string).collect()
+}
+
 pub async fn repository_index(State(s): Shared, body: Bytes) -> Result<Json<Value>, ApiError> {
     let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
         false

@@ -9,7 +9,9 @@
 //! deployment changes go through a second bounded queue and are committed
 //! with synchronous = FULL before the caller is answered: a 2xx means the
 //! label or the change is on disk. Because the same thread writes both, a
-//! label always sees every prediction queued before it.
+//! label always sees every prediction queued before it; a prediction written
+//! after its row's label (a shadow answering late, a canary deployment's
+//! mirrored champion copy) is joined to that label when it is written.
 
 mod writer;
 
@@ -90,9 +92,13 @@ pub enum FeedbackStatus {
     Duplicate,
     /// A different label is already stored for this id; refused.
     Conflict,
-    /// No prediction for this id (never seen, or evicted by the size cap).
+    /// No prediction for this id and row: never served in this deployment,
+    /// or its rows were deleted (retention, the size cap) and the id cannot
+    /// be dated (an id the application chose).
     UnknownId,
-    /// The id's predictions are older than the retention window.
+    /// The id's predictions are older than the retention window: dated by
+    /// the logged rows, or once they are deleted by a contender-generated
+    /// id (UUID v7).
     Expired,
     /// The label does not fit the model's task.
     Invalid,

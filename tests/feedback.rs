@@ -255,6 +255,171 @@ async fn held_out_labels_give_each_model_its_expected_accuracy() {
     ts.stop().await;
 }
 
+/// A canary answering all live traffic: the champion sees mirrored copies,
+/// logged after the canary's answers.
+const CANARY: &str = r#"
+[[deployments.breast_cancer.challengers]]
+model = "breast_cancer"
+version = 2
+mode = "canary"
+fraction = 1.0
+queue_capacity = 1024
+timeout_ms = 60000
+"#;
+
+/// Labels posted as soon as each answer comes back, before the shadows'
+/// answers (or, with a canary answering, the champion's mirrored copy) are
+/// logged, still join every model's prediction: each model's metrics are
+/// those of its expected outputs, each comparison has every pair once, and
+/// a restart on the same data gives the same evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_posted_before_the_challengers_answer_join_them_later() {
+    let rows = breast_cancer_features();
+    let truth = breast_cancer_labels();
+    let n = rows.len() as u64;
+    for (extra, versions) in [(SHADOWS, &[1u32, 2, 3][..]), (CANARY, &[1u32, 2][..])] {
+        let config = support::test_config("", extra);
+        let mut ts = TestServer::start_config(config.clone()).await;
+        for (row, label) in rows.iter().zip(&truth) {
+            let a = ts
+                .infer_ok(
+                    "breast_cancer",
+                    &classifier_request(std::slice::from_ref(row)),
+                    None,
+                )
+                .await;
+            let (status, body) = ts
+                .feedback("breast_cancer", &json!({"id": a.id, "label": label}))
+                .await;
+            assert_eq!(
+                (status.as_u16(), &body["status"]),
+                (200, &json!("accepted")),
+                "{body}"
+            );
+        }
+        // Once every prediction is logged, every label has joined it.
+        let d = ts
+            .wait_deployment("breast_cancer", "every prediction is logged", |d| {
+                versions
+                    .iter()
+                    .all(|&v| logged(d, "breast_cancer", u64::from(v)) == n)
+            })
+            .await;
+        let ev = &d["evaluation"];
+        assert_eq!(ev["rows_labelled"], n, "{ev}");
+        for &v in versions {
+            let m = eval_of(&d, "breast_cancer", u64::from(v)).expect("evaluated");
+            let expected = expected_classes(v);
+            let right = expected.iter().zip(&truth).filter(|(p, t)| p == t).count();
+            assert_eq!(m["labelled"], n, "v{v}: {m}");
+            assert_eq!(
+                m["cumulative"]["accuracy"].as_f64(),
+                Some(right as f64 / n as f64),
+                "v{v}: {m}"
+            );
+        }
+        let comparisons = ev["comparisons"].as_array().expect("comparisons");
+        assert_eq!(comparisons.len(), versions.len() - 1, "{ev}");
+        for c in comparisons {
+            assert_eq!(c["pairs"], n, "{c}");
+        }
+        // Restarted on the same data: the same evaluation.
+        let dir = ts
+            .data_dir
+            .take()
+            .expect("the harness made the data directory");
+        ts.stop().await;
+        let mut again = config;
+        again.store.data_dir = dir.path().to_path_buf();
+        let ts = TestServer::start_in(again).await;
+        let after = ts.deployment("breast_cancer").await;
+        assert_eq!(after["evaluation"], d["evaluation"]);
+        ts.stop().await;
+    }
+}
+
+/// An FP32 request with a NaN feature, in the binary tensor extension (JSON
+/// numbers cannot be NaN): the model's NaN probabilities are logged, the
+/// label joins them, and the row counts with the worst clipped log loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_prediction_is_logged_labelled_and_counted() {
+    let ts = TestServer::start().await;
+    let mut row = breast_cancer_features()[0].clone();
+    row[3] = f64::NAN;
+    let payload: Vec<u8> = row.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+    let header = json!({
+        "id": "order-42",
+        "inputs": [{
+            "name": "input", "shape": [1, 30], "datatype": "FP32",
+            "parameters": {"binary_data_size": payload.len()},
+        }],
+        "parameters": {"binary_data_output": true},
+    });
+    let mut body = serde_json::to_vec(&header).expect("the header serialises");
+    let json_len = body.len();
+    body.extend_from_slice(&payload);
+    let r = ts
+        .client
+        .post(ts.url("/v2/models/breast_cancer/infer"))
+        .header("content-type", "application/octet-stream")
+        .header("Inference-Header-Content-Length", json_len.to_string())
+        .body(body)
+        .send()
+        .await
+        .expect("the request is sent");
+    assert_eq!(r.status(), 200);
+    let len: usize = r.headers()["Inference-Header-Content-Length"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("a length");
+    let bytes = r.bytes().await.expect("the body");
+    let answer: Value = serde_json::from_slice(&bytes[..len]).expect("a JSON header");
+    assert_eq!(answer["id"], "order-42", "{answer}");
+    // The probabilities the model answered are NaN.
+    let probabilities = answer["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .position(|o| o["name"] == "probabilities")
+        .expect("probabilities");
+    let skip: usize = answer["outputs"].as_array().unwrap()[..probabilities]
+        .iter()
+        .map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap() as usize)
+        .sum();
+    let p = &bytes[len + skip..len + skip + 8];
+    let p: Vec<f32> = p
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(p.iter().all(|x| x.is_nan()), "{p:?}");
+
+    ts.wait_deployment("breast_cancer", "the prediction is logged", |d| {
+        logged(d, "breast_cancer", 1) == 1
+    })
+    .await;
+    let (status, body) = ts
+        .feedback("breast_cancer", &json!({"id": "order-42", "label": 1}))
+        .await;
+    assert_eq!(
+        (status.as_u16(), &body["status"]),
+        (200, &json!("accepted")),
+        "{body}"
+    );
+    let d = ts.deployment("breast_cancer").await;
+    let c = &eval_of(&d, "breast_cancer", 1).expect("evaluated")["cumulative"];
+    assert_eq!(c["labelled"], 1, "{c}");
+    assert_eq!(c["non_finite"], 1, "{c}");
+    assert_close(
+        num(&c["log_loss"], "log loss"),
+        -(1e-15f64.ln()),
+        1e-9,
+        "log loss",
+    );
+    assert_eq!(num(&c["brier"], "brier"), 1.0, "{c}");
+    ts.stop().await;
+}
+
 /// A request id contender could have issued (UUID v7) in September 2020.
 const OLD_UUID_V7: &str = "0174876e-8000-7000-8000-000000000000";
 
@@ -377,13 +542,41 @@ async fn feedback_gets_the_documented_answers() {
         .await;
     assert_error(status, &body, 409, &[]);
 
+    // A batch with an item that is not a {"id", "label"} object is refused
+    // whole: 400 naming the item, nothing stored (not even its good items).
+    let before = evaluation().await;
+    let structural: &[(Value, &str)] = &[
+        (json!([1, 2]), "labels[0]"),
+        (json!([[{"id": id(4), "label": 1}]]), "labels[0]"),
+        (
+            json!([{"id": id(4), "label": 1}, {"label": 1}]),
+            "labels[1]",
+        ),
+        (
+            json!({"labels": [{"id": id(4), "label": 1}, {"id": id(5)}]}),
+            "labels[1]",
+        ),
+        (
+            json!([{"id": id(4), "label": 1}, {"id": id(5), "label": 1, "row": -1}]),
+            "labels[1]",
+        ),
+        (
+            json!([{"id": id(4), "label": 1}, {"id": id(5), "label": 1, "extra": 0}]),
+            "labels[1]",
+        ),
+    ];
+    for (body, needle) in structural {
+        let (status, answer) = ts.feedback("breast_cancer", body).await;
+        assert_error(status, &answer, 400, &[needle, "nothing was stored"]);
+        assert_eq!(evaluation().await, before, "after posting {body}");
+    }
+
     // A batch of every kind: 200, one result per item, in order, and a summary.
     let mut items = vec![
         json!({"id": id(2), "label": truth[2]}),     // accepted
         json!({"id": id(0), "label": truth[0]}),     // duplicate
         json!({"id": id(0), "label": 1 - truth[0]}), // conflict
         json!({"id": "never-issued", "label": 0}),   // unknown_id
-        json!({"label": 1}),                         // invalid: no id
         json!({"id": id(3), "label": "cat"}),        // invalid: not a class
         json!({"id": OLD_UUID_V7, "label": 0}),      // expired
         json!({"id": batch.id, "label": truth[10], "row": 7}), // unknown_id: no row 7
@@ -408,7 +601,6 @@ async fn feedback_gets_the_documented_answers() {
             "conflict",
             "unknown_id",
             "invalid",
-            "invalid",
             "expired",
             "unknown_id",
             "accepted",
@@ -429,14 +621,14 @@ async fn feedback_gets_the_documented_answers() {
         }
     }
     for r in 0..5u64 {
-        let item = &results[8 + r as usize];
+        let item = &results[7 + r as usize];
         assert_eq!(item["id"], batch.id.as_str(), "{item}");
         assert_eq!(item["row"], r, "{item}");
     }
     assert_eq!(
         body["summary"],
         json!({"accepted": 6, "duplicate": 1, "conflict": 1, "unknown_id": 2,
-               "expired": 1, "invalid": 2}),
+               "expired": 1, "invalid": 1}),
         "{body:#}"
     );
     // The same batch again, as `{"labels": [...]}`: what was accepted is now a duplicate.
@@ -542,6 +734,25 @@ async fn a_regression_deployment_takes_numeric_labels_and_reports_mae_rmse() {
             .await;
         assert_error(status, &body, 400, &[]);
     }
+    // A label whose errors could not be summed is refused, never accepted
+    // and then left out of the metrics; per item in a batch.
+    for huge in [1e308, -1e150] {
+        let (status, body) = ts
+            .feedback("diabetes", &json!({"id": a.id, "row": 2, "label": huge}))
+            .await;
+        assert_error(status, &body, 400, &["out of range"]);
+    }
+    let (status, body) = ts
+        .feedback("diabetes", &json!([{"id": a.id, "row": 2, "label": 1e308}]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "invalid", "{body}");
+    assert!(
+        body["results"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("out of range")),
+        "{body}"
+    );
     let items: Vec<Value> = (2..n)
         .map(|r| json!({"id": a.id, "row": r, "label": truth[r]}))
         .collect();

@@ -40,13 +40,33 @@
 //! * An outcome of the other kind (a value on a classification state, a class
 //!   on a regression state) is ignored: it is not counted anywhere.
 //! * A probability vector is usable when it has at least two entries, covers
-//!   the true class, and every entry is finite and within \[0, 1\]. Otherwise
-//!   (wrong length, NaN, ±inf, out of range) the row still counts towards the
-//!   confusion matrix but not towards log loss or Brier, which therefore keep
-//!   their own row counts (`log_loss_n`, `brier_n`).
-//! * A regression row whose values are not finite, or whose error exceeds
-//!   [`MAX_ABS_ERROR`] in magnitude, is dropped (it has no other contribution):
-//!   this keeps every sum finite, so a state always serialises to JSON.
+//!   the true class, and every entry is within \[0, 1\]. A vector of the
+//!   wrong length or with finite entries out of range still counts towards
+//!   the confusion matrix but not towards log loss or Brier, which therefore
+//!   keep their own row counts (`log_loss_n`, `brier_n`).
+//!
+//! # Non-finite predictions
+//!
+//! A model that answers NaN or ±inf has not predicted anything usable, and
+//! leaving such rows out would flatter it. So:
+//!
+//! * **classification**: a probability vector with a NaN or infinite entry
+//!   counts as no confidence in the true class: the row takes the largest
+//!   clipped log loss, −ln(1e-15) ≈ 34.54, and the largest Brier score (1 for
+//!   a two-entry vector, 2 for three or more). The row still counts towards
+//!   the confusion matrix with the class the model returned, and towards
+//!   `non_finite`.
+//! * **regression**: a NaN or infinite value has no error to average. The
+//!   row is labelled and counted in `non_finite`, but not in MAE or RMSE
+//!   (whose mean is over the other rows, `labelled − non_finite`). So is a
+//!   finite prediction so far from its label (|error| > [`MAX_ABS_ERROR`])
+//!   that its squared error could not be summed; labels themselves are
+//!   bounded by [`MAX_ABS_LABEL`] when posted, so that only the model can
+//!   cause this. In a paired comparison ([`Outcome::loss`]) such a row's
+//!   loss is +inf, which the sequential test clips to its loss cap: the
+//!   worst loss, never a skipped pair.
+//!
+//! Every sum therefore stays finite, so a state always serialises to JSON.
 //!
 //! # Windows and restarts
 //!
@@ -71,6 +91,11 @@ pub const MAX_CLASSES: usize = 1024;
 /// beyond it the row is dropped, keeping every sum finite.
 pub const MAX_ABS_ERROR: f64 = 1e100;
 
+/// The largest |label| a regression label may have (checked when it is
+/// posted): with predictions within the same range, every error stays below
+/// [`MAX_ABS_ERROR`].
+pub const MAX_ABS_LABEL: f64 = 1e99;
+
 /// Log loss clips p\[truth\] to \[CLIP, 1 − CLIP\].
 const PROBABILITY_CLIP: f64 = 1e-15;
 
@@ -79,10 +104,12 @@ const PROBABILITY_CLIP: f64 = 1e-15;
 pub enum Outcome {
     Class {
         predicted: usize,
+        #[serde(default, with = "super::prediction::float_json::opt_vec")]
         probabilities: Option<Vec<f64>>,
         truth: usize,
     },
     Value {
+        #[serde(with = "super::prediction::float_json")]
         predicted: f64,
         truth: f64,
     },
@@ -111,7 +138,8 @@ impl MetricKind {
 impl Outcome {
     /// Per-row loss for `kind` (0/1 loss for Accuracy: 1.0 when wrong), or None
     /// when the outcome cannot give it (log loss without usable probabilities,
-    /// a regression loss on a class, a dropped regression row).
+    /// a regression loss on a class). A regression row whose error is not
+    /// usable (a non-finite prediction) has the loss +inf: the worst.
     pub fn loss(&self, kind: MetricKind) -> Option<f64> {
         match (self, kind) {
             (
@@ -137,22 +165,28 @@ impl Outcome {
                 MetricKind::Brier,
             ) => probability_losses(probabilities.as_deref()?, *truth).map(|(_, brier)| brier),
             (Self::Value { predicted, truth }, MetricKind::AbsoluteError) => {
-                value_errors(*predicted, *truth).map(|(abs, _)| abs)
+                Some(value_errors(*predicted, *truth).map_or(f64::INFINITY, |(abs, _)| abs))
             }
             (Self::Value { predicted, truth }, MetricKind::SquaredError) => {
-                value_errors(*predicted, *truth).map(|(_, sq)| sq)
+                Some(value_errors(*predicted, *truth).map_or(f64::INFINITY, |(_, sq)| sq))
             }
             _ => None,
         }
     }
 }
 
-/// (log loss, Brier) of one row, or None when the vector is not usable.
+/// (log loss, Brier) of one row, or None when the vector is not usable. A
+/// vector with a non-finite entry gets the largest of both (see the module
+/// documentation).
 fn probability_losses(p: &[f64], truth: usize) -> Option<(f64, f64)> {
-    let usable = p.len() >= 2
-        && truth < p.len()
-        && p.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v));
-    if !usable {
+    if p.len() < 2 || truth >= p.len() {
+        return None;
+    }
+    if has_non_finite(p) {
+        let worst_brier = if p.len() == 2 { 1.0 } else { 2.0 };
+        return Some((-PROBABILITY_CLIP.ln(), worst_brier));
+    }
+    if !p.iter().all(|v| (0.0..=1.0).contains(v)) {
         return None;
     }
     let log = -p[truth]
@@ -170,7 +204,12 @@ fn probability_losses(p: &[f64], truth: usize) -> Option<(f64, f64)> {
     Some((log, brier))
 }
 
-/// (absolute error, squared error) of one row, or None when it is dropped.
+fn has_non_finite(p: &[f64]) -> bool {
+    p.iter().any(|v| !v.is_finite())
+}
+
+/// (absolute error, squared error) of one row, or None when it has none that
+/// can be summed (counted in `non_finite` instead).
 fn value_errors(predicted: f64, truth: f64) -> Option<(f64, f64)> {
     let e = predicted - truth;
     (e.is_finite() && e.abs() <= MAX_ABS_ERROR).then(|| (e.abs(), e * e))
@@ -184,11 +223,15 @@ enum Contribution {
         predicted: usize,
         log_loss: Option<f64>,
         brier: Option<f64>,
+        /// The probabilities had a NaN or infinite entry.
+        non_finite: bool,
     },
     Value {
         abs: f64,
         sq: f64,
     },
+    /// A regression row with no usable error (see the module documentation).
+    NonFiniteValue,
 }
 
 /// Mergeable, removable sufficient statistics (so a sliding window can
@@ -197,8 +240,9 @@ enum Contribution {
 /// Invariants (checked by [`MetricsState::validate`], and repaired where
 /// possible by the next `add` on a state deserialised from elsewhere):
 /// `confusion` is `n_classes` × `n_classes`, indexed `[truth][predicted]`, and
-/// sums to `n`; `log_loss_n` and `brier_n` are at most `n`; sums are finite and
-/// non-negative.
+/// sums to `n`; `log_loss_n`, `brier_n` and `non_finite` are at most `n`;
+/// sums are finite and non-negative. A regression state's `n` counts the rows
+/// in its error sums; `non_finite` the labelled rows that are not.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetricsState {
     Classification {
@@ -209,11 +253,18 @@ pub enum MetricsState {
         log_loss_n: u64,
         brier_sum: f64,
         brier_n: u64,
+        /// Rows whose probabilities had a NaN or infinite entry.
+        #[serde(default)]
+        non_finite: u64,
     },
     Regression {
         n: u64,
         abs_sum: f64,
         sq_sum: f64,
+        /// Labelled rows not in the sums: a NaN or infinite prediction (or
+        /// an error beyond [`MAX_ABS_ERROR`]).
+        #[serde(default)]
+        non_finite: u64,
     },
 }
 
@@ -258,6 +309,7 @@ impl MetricsState {
             log_loss_n: 0,
             brier_sum: 0.0,
             brier_n: 0,
+            non_finite: 0,
         }
     }
 
@@ -267,6 +319,7 @@ impl MetricsState {
             n: 0,
             abs_sum: 0.0,
             sq_sum: 0.0,
+            non_finite: 0,
         }
     }
 
@@ -279,10 +332,12 @@ impl MetricsState {
     }
 
     /// Labelled rows counted (for classification, the rows in the confusion
-    /// matrix).
+    /// matrix; for regression, those in the error sums and the non-finite
+    /// ones).
     pub fn labelled(&self) -> u64 {
         match self {
-            Self::Classification { n, .. } | Self::Regression { n, .. } => *n,
+            Self::Classification { n, .. } => *n,
+            Self::Regression { n, non_finite, .. } => n.saturating_add(*non_finite),
         }
     }
 
@@ -295,7 +350,7 @@ impl MetricsState {
     }
 
     /// Whether `add` would count `o` at all (right kind, class indices below
-    /// [`MAX_CLASSES`], a regression row that is not dropped).
+    /// [`MAX_CLASSES`]).
     pub fn accepts(&self, o: &Outcome) -> bool {
         self.contribution(o).is_some()
     }
@@ -321,11 +376,16 @@ impl MetricsState {
                     predicted: *predicted,
                     log_loss: losses.map(|(log, _)| log),
                     brier: losses.map(|(_, brier)| brier),
+                    non_finite: losses.is_some()
+                        && probabilities.as_deref().is_some_and(has_non_finite),
                 })
             }
-            (Self::Regression { .. }, Outcome::Value { predicted, truth }) => {
-                value_errors(*predicted, *truth).map(|(abs, sq)| Contribution::Value { abs, sq })
-            }
+            (Self::Regression { .. }, Outcome::Value { predicted, truth }) => Some(
+                value_errors(*predicted, *truth)
+                    .map_or(Contribution::NonFiniteValue, |(abs, sq)| {
+                        Contribution::Value { abs, sq }
+                    }),
+            ),
             _ => None,
         }
     }
@@ -346,12 +406,14 @@ impl MetricsState {
                     log_loss_n,
                     brier_sum,
                     brier_n,
+                    non_finite: non_finite_n,
                 },
                 Contribution::Class {
                     truth,
                     predicted,
                     log_loss,
                     brier,
+                    non_finite,
                 },
             ) => {
                 let wanted = truth.max(predicted) + 1;
@@ -364,6 +426,9 @@ impl MetricsState {
                     *cell = cell.saturating_add(1);
                     *n = n.saturating_add(1);
                 }
+                if non_finite {
+                    *non_finite_n = non_finite_n.saturating_add(1);
+                }
                 if let Some(l) = log_loss {
                     *log_loss_sum += l;
                     *log_loss_n = log_loss_n.saturating_add(1);
@@ -373,10 +438,18 @@ impl MetricsState {
                     *brier_n = brier_n.saturating_add(1);
                 }
             }
-            (Self::Regression { n, abs_sum, sq_sum }, Contribution::Value { abs, sq }) => {
+            (
+                Self::Regression {
+                    n, abs_sum, sq_sum, ..
+                },
+                Contribution::Value { abs, sq },
+            ) => {
                 *n = n.saturating_add(1);
                 *abs_sum += abs;
                 *sq_sum += sq;
+            }
+            (Self::Regression { non_finite, .. }, Contribution::NonFiniteValue) => {
+                *non_finite = non_finite.saturating_add(1);
             }
             _ => {}
         }
@@ -400,6 +473,7 @@ impl MetricsState {
                     log_loss_n,
                     brier_sum,
                     brier_n,
+                    non_finite: non_finite_n,
                     ..
                 },
                 Contribution::Class {
@@ -407,6 +481,7 @@ impl MetricsState {
                     predicted,
                     log_loss,
                     brier,
+                    non_finite,
                 },
             ) => {
                 let Some(cell) = confusion.get_mut(truth).and_then(|r| r.get_mut(predicted)) else {
@@ -417,6 +492,9 @@ impl MetricsState {
                 }
                 *cell -= 1;
                 *n = n.saturating_sub(1);
+                if non_finite {
+                    *non_finite_n = non_finite_n.saturating_sub(1);
+                }
                 if let Some(l) = log_loss.filter(|_| *log_loss_n > 0) {
                     *log_loss_n -= 1;
                     *log_loss_sum = guard_drift(*log_loss_sum - l, *log_loss_n);
@@ -426,13 +504,21 @@ impl MetricsState {
                     *brier_sum = guard_drift(*brier_sum - b, *brier_n);
                 }
             }
-            (Self::Regression { n, abs_sum, sq_sum }, Contribution::Value { abs, sq }) => {
+            (
+                Self::Regression {
+                    n, abs_sum, sq_sum, ..
+                },
+                Contribution::Value { abs, sq },
+            ) => {
                 if *n == 0 {
                     return;
                 }
                 *n -= 1;
                 *abs_sum = guard_drift(*abs_sum - abs, *n);
                 *sq_sum = guard_drift(*sq_sum - sq, *n);
+            }
+            (Self::Regression { non_finite, .. }, Contribution::NonFiniteValue) => {
+                *non_finite = non_finite.saturating_sub(1);
             }
             _ => {}
         }
@@ -451,6 +537,7 @@ impl MetricsState {
                     log_loss_n,
                     brier_sum,
                     brier_n,
+                    non_finite,
                 },
                 Self::Classification {
                     confusion: other_confusion,
@@ -459,6 +546,7 @@ impl MetricsState {
                     log_loss_n: other_log_loss_n,
                     brier_sum: other_brier_sum,
                     brier_n: other_brier_n,
+                    non_finite: other_non_finite,
                     ..
                 },
             ) => {
@@ -479,16 +567,24 @@ impl MetricsState {
                 *log_loss_n = log_loss_n.saturating_add(*other_log_loss_n);
                 *brier_sum += other_brier_sum;
                 *brier_n = brier_n.saturating_add(*other_brier_n);
+                *non_finite = non_finite.saturating_add(*other_non_finite);
             }
             (
-                Self::Regression { n, abs_sum, sq_sum },
+                Self::Regression {
+                    n,
+                    abs_sum,
+                    sq_sum,
+                    non_finite,
+                },
                 Self::Regression {
                     n: other_n,
                     abs_sum: other_abs_sum,
                     sq_sum: other_sq_sum,
+                    non_finite: other_non_finite,
                 },
             ) => {
                 *n = n.saturating_add(*other_n);
+                *non_finite = non_finite.saturating_add(*other_non_finite);
                 *abs_sum += other_abs_sum;
                 *sq_sum += other_sq_sum;
             }
@@ -509,6 +605,7 @@ impl MetricsState {
                 log_loss_n,
                 brier_sum,
                 brier_n,
+                non_finite,
             } => {
                 if *n_classes > MAX_CLASSES {
                     return fail("more classes than MAX_CLASSES");
@@ -521,8 +618,8 @@ impl MetricsState {
                 if total != u128::from(*n) {
                     return fail("confusion matrix does not sum to n");
                 }
-                if log_loss_n > n || brier_n > n {
-                    return fail("log_loss_n or brier_n exceeds n");
+                if log_loss_n > n || brier_n > n || non_finite > n {
+                    return fail("log_loss_n, brier_n or non_finite exceeds n");
                 }
                 if !sum_ok(*log_loss_sum) || !sum_ok(*brier_sum) {
                     return fail("a loss sum is negative or not finite");
@@ -550,10 +647,12 @@ impl MetricsState {
                 log_loss_n,
                 brier_sum,
                 brier_n,
+                non_finite,
                 ..
             } => {
                 let mut snapshot = MetricsSnapshot {
                     labelled: *n,
+                    non_finite: *non_finite,
                     log_loss: mean(*log_loss_sum, *log_loss_n),
                     brier: mean(*brier_sum, *brier_n),
                     ..MetricsSnapshot::default()
@@ -607,8 +706,14 @@ impl MetricsState {
                 snapshot.confusion_matrix = Some(confusion.clone());
                 snapshot
             }
-            Self::Regression { n, abs_sum, sq_sum } => MetricsSnapshot {
-                labelled: *n,
+            Self::Regression {
+                n,
+                abs_sum,
+                sq_sum,
+                non_finite,
+            } => MetricsSnapshot {
+                labelled: n.saturating_add(*non_finite),
+                non_finite: *non_finite,
                 mae: mean(*abs_sum, *n),
                 rmse: mean(*sq_sum, *n).map(f64::sqrt),
                 ..MetricsSnapshot::default()
@@ -622,6 +727,9 @@ impl MetricsState {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MetricsSnapshot {
     pub labelled: u64,
+    /// Labelled rows whose prediction was NaN or infinite (see the module
+    /// documentation for how each kind counts them).
+    pub non_finite: u64,
     // classification
     pub accuracy: Option<f64>,
     pub precision_macro: Option<f64>,
@@ -736,6 +844,7 @@ impl WindowSums {
                 self.abs.add(sign * abs);
                 self.sq.add(sign * sq);
             }
+            Contribution::NonFiniteValue => {}
         }
     }
 
@@ -752,7 +861,9 @@ impl WindowSums {
                 *log_loss_sum = guard_drift(self.log_loss.value(), *log_loss_n);
                 *brier_sum = guard_drift(self.brier.value(), *brier_n);
             }
-            MetricsState::Regression { n, abs_sum, sq_sum } => {
+            MetricsState::Regression {
+                n, abs_sum, sq_sum, ..
+            } => {
                 *abs_sum = guard_drift(self.abs.value(), *n);
                 *sq_sum = guard_drift(self.sq.value(), *n);
             }
@@ -1000,6 +1111,12 @@ mod tests {
         assert_eq!(v.loss(MetricKind::AbsoluteError), Some(3.0));
         assert_eq!(v.loss(MetricKind::SquaredError), Some(9.0));
         assert_eq!(v.loss(MetricKind::Accuracy), None);
+        // A non-finite regression prediction: the worst loss (the
+        // sequential test clips it to its cap).
+        for bad in [value(f64::NAN, 1.0), value(f64::NEG_INFINITY, 1.0)] {
+            assert_eq!(bad.loss(MetricKind::AbsoluteError), Some(f64::INFINITY));
+            assert_eq!(bad.loss(MetricKind::SquaredError), Some(f64::INFINITY));
+        }
         // Clipped, never infinite.
         close(
             class(0, 0, &[0.0, 1.0]).loss(MetricKind::LogLoss),
@@ -1012,7 +1129,6 @@ mod tests {
         let mut c = MetricsState::classification(3);
         c.add(&class(0, 0, &[0.5, 0.5])); // two entries, fine: binary Brier
         c.add(&class(0, 2, &[0.5, 0.5])); // does not cover the truth
-        c.add(&class(0, 0, &[f64::NAN, 0.5, 0.5]));
         c.add(&class(0, 0, &[1.5, -0.5, 0.0]));
         c.add(&class(0, 0, &[1.0]));
         c.add(&class(MAX_CLASSES, 0, &[1.0, 0.0])); // dropped
@@ -1027,22 +1143,98 @@ mod tests {
         else {
             unreachable!()
         };
-        assert_eq!((*n, *log_loss_n, *brier_n), (5, 1, 1));
+        assert_eq!((*n, *log_loss_n, *brier_n), (4, 1, 1));
         assert_eq!(c.validate(), Ok(()));
 
         let mut r = MetricsState::regression();
-        for bad in [
-            value(f64::NAN, 1.0),
-            value(f64::INFINITY, 1.0),
-            value(1e300, -1e300),
-        ] {
-            assert!(!r.accepts(&bad));
-            r.add(&bad);
-        }
         r.add(&class(0, 0, &[1.0, 0.0]));
         r.remove(&value(1.0, 2.0)); // never added: nothing happens
         assert_eq!(r, MetricsState::regression());
         assert_eq!(r.snapshot().mae, None);
+    }
+
+    /// NaN or infinite predictions: a classifier's take the worst clipped log
+    /// loss and Brier score; a regressor's are labelled and counted apart,
+    /// outside MAE and RMSE. Either way the sums stay finite, the window
+    /// removes them again, and a restore gives the same numbers.
+    #[test]
+    fn non_finite_predictions_never_poison_the_sums() {
+        let worst_log_loss = -(1e-15f64.ln());
+        let mut c = MetricsState::classification(2);
+        c.add(&class(1, 1, &[0.2, 0.8]));
+        for bad in [
+            [f64::NAN, f64::NAN],
+            [f64::INFINITY, 0.0],
+            [0.5, f64::NEG_INFINITY],
+        ] {
+            c.add(&class(0, 1, &bad));
+        }
+        let s = c.snapshot();
+        assert_eq!((s.labelled, s.non_finite), (4, 3));
+        close(s.log_loss, (-(0.8f64.ln()) + 3.0 * worst_log_loss) / 4.0);
+        close(s.brier, (0.04 + 3.0) / 4.0);
+        close(s.accuracy, 0.25);
+        assert_eq!(c.validate(), Ok(()));
+        // Three or more classes: the multi-class Brier's worst, 2.
+        let mut m = MetricsState::classification(3);
+        m.add(&class(0, 2, &[f64::NAN, 0.5, 0.5]));
+        let s = m.snapshot();
+        close(s.log_loss, worst_log_loss);
+        close(s.brier, 2.0);
+        assert_eq!(s.non_finite, 1);
+
+        let mut r = MetricsState::regression();
+        r.add(&value(3.0, 1.0));
+        for bad in [
+            value(f64::NAN, 1.0),
+            value(f64::INFINITY, 1.0),
+            value(f64::NEG_INFINITY, 1.0),
+            value(1e300, -1.0),
+        ] {
+            assert!(r.accepts(&bad));
+            r.add(&bad);
+        }
+        let s = r.snapshot();
+        assert_eq!((s.labelled, s.non_finite), (5, 4));
+        close(s.mae, 2.0);
+        close(s.rmse, 2.0);
+        assert_eq!(r.validate(), Ok(()));
+        let json = serde_json::to_string(&r).expect("serialises");
+        assert_eq!(serde_json::from_str::<MetricsState>(&json).ok(), Some(r));
+
+        // Through a window of 2: the non-finite rows leave it again.
+        let mut w = WindowedMetrics::new(MetricsState::regression(), 2);
+        let rows = [
+            value(f64::NAN, 1.0),
+            value(2.0, 1.0),
+            value(f64::INFINITY, 0.0),
+            value(5.0, 1.0),
+            value(7.0, 1.0),
+        ];
+        for o in rows.iter().cloned() {
+            w.add(o);
+        }
+        let (win, cum) = (w.window(), w.cumulative());
+        assert_eq!((win.labelled, win.non_finite), (2, 0));
+        close(win.mae, 5.0);
+        assert_eq!((cum.labelled, cum.non_finite), (5, 2));
+        close(cum.mae, 11.0 / 3.0);
+        // Outcomes stored as JSON come back non-finite, and a restore from
+        // them equals the live state.
+        let stored: Vec<Outcome> = rows
+            .iter()
+            .map(|o| {
+                let json = serde_json::to_string(o).expect("serialises");
+                serde_json::from_str(&json).expect("deserialises")
+            })
+            .collect();
+        let restored = WindowedMetrics::restore(w.cumulative_state().clone(), stored, 2);
+        assert_eq!(restored.window(), w.window());
+        assert_eq!(restored.cumulative(), w.cumulative());
+        let mut w3 = WindowedMetrics::new(MetricsState::regression(), 3);
+        rows.iter().cloned().for_each(|o| w3.add(o));
+        let s = w3.window();
+        assert_eq!((s.labelled, s.non_finite), (3, 1));
     }
 
     #[test]
@@ -1194,6 +1386,26 @@ mod tests {
         let back: Outcome =
             serde_json::from_str(&serde_json::to_string(&o).expect("ser")).expect("de");
         assert_eq!(back, o);
+        // Non-finite values survive (JSON numbers cannot hold them).
+        let o = class(1, 0, &[f64::INFINITY, f64::NEG_INFINITY]);
+        let json = serde_json::to_string(&o).expect("ser");
+        assert_eq!(
+            serde_json::from_str::<Outcome>(&json).ok(),
+            Some(o),
+            "{json}"
+        );
+        let json = serde_json::to_string(&value(f64::NAN, 1.0)).expect("ser");
+        match serde_json::from_str(&json) {
+            Ok(Outcome::Value { predicted, truth }) => {
+                assert!(predicted.is_nan() && truth == 1.0, "{json}");
+            }
+            other => panic!("{json}: {other:?}"),
+        }
+        // A state written before `non_finite` existed reads as none.
+        let old = r#"{"Regression":{"n":1,"abs_sum":0.5,"sq_sum":0.25}}"#;
+        let back: MetricsState = serde_json::from_str(old).expect("deserialises");
+        assert_eq!(back.snapshot().non_finite, 0);
+        assert_eq!(back.labelled(), 1);
     }
 
     #[test]

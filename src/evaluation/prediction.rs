@@ -4,22 +4,135 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::metrics::Outcome;
+use super::metrics::{MAX_ABS_LABEL, Outcome};
 use crate::protocol::{DataType, Tensor, TensorData, TensorSpec};
 use crate::repository::Task;
 
-/// One row's prediction, as the prediction log keeps it.
+/// One row's prediction, as the prediction log keeps it. Its JSON keeps NaN
+/// and infinite values exactly (see [`float_json`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Prediction {
     Class {
         label: i64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "float_json::opt_vec"
+        )]
         probabilities: Option<Vec<f64>>,
     },
     Value {
+        #[serde(with = "float_json")]
         value: f64,
     },
+}
+
+/// JSON for floats a model may answer with NaN or ±inf, which JSON numbers
+/// cannot hold (serde_json writes them as `null`): finite values are
+/// numbers, the others the strings `"NaN"`, `"inf"` and `"-inf"`. Reading
+/// also takes `null` as NaN, which is what a log written before this
+/// encoding holds for any non-finite value, so no logged row is unreadable.
+pub(crate) mod float_json {
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::ser::{SerializeSeq, Serializer};
+
+    const NAN: &str = "NaN";
+    const INF: &str = "inf";
+    const NEG_INF: &str = "-inf";
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str(NAN)
+        } else if *x > 0.0 {
+            s.serialize_str(INF)
+        } else {
+            s.serialize_str(NEG_INF)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        d.deserialize_any(FloatVisitor)
+    }
+
+    struct FloatVisitor;
+
+    impl Visitor<'_> for FloatVisitor {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, \"NaN\", \"inf\", \"-inf\" or null")
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            match v {
+                NAN => Ok(f64::NAN),
+                INF => Ok(f64::INFINITY),
+                NEG_INF => Ok(f64::NEG_INFINITY),
+                other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+            }
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+    }
+
+    /// One float of a sequence, read as [`deserialize`] reads it.
+    struct Float(f64);
+
+    impl<'de> serde::Deserialize<'de> for Float {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Float, D::Error> {
+            deserialize(d).map(Float)
+        }
+    }
+
+    /// The same for `Option<Vec<f64>>` (with `#[serde(default)]`).
+    pub mod opt_vec {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &Option<Vec<f64>>, s: S) -> Result<S::Ok, S::Error> {
+            let Some(v) = v else {
+                return s.serialize_none();
+            };
+            struct Each<'a>(&'a f64);
+            impl serde::Serialize for Each<'_> {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    super::serialize(self.0, s)
+                }
+            }
+            let mut seq = s.serialize_seq(Some(v.len()))?;
+            for x in v {
+                seq.serialize_element(&Each(x))?;
+            }
+            seq.end()
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+            let v: Option<Vec<Float>> = serde::Deserialize::deserialize(d)?;
+            Ok(v.map(|v| v.into_iter().map(|Float(x)| x).collect()))
+        }
+    }
 }
 
 /// The truth for one row, posted as feedback.
@@ -55,11 +168,14 @@ impl Label {
                 Value::Bool(b) => Ok(Label::Class(usize::from(*b))),
                 other => Err(format!("label {other} is not a class index or name")),
             },
-            PredictionKind::Value => v
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .map(Label::Value)
-                .ok_or_else(|| format!("label {v} is not a finite number")),
+            PredictionKind::Value => match v.as_f64().filter(|x| x.is_finite()) {
+                None => Err(format!("label {v} is not a finite number")),
+                Some(x) if x.abs() > MAX_ABS_LABEL => Err(format!(
+                    "label {v} is out of range: regression labels must be within \
+                     ±{MAX_ABS_LABEL:e}, so that their errors can be summed"
+                )),
+                Some(x) => Ok(Label::Value(x)),
+            },
         }
     }
 }
@@ -100,12 +216,17 @@ impl Prediction {
         }
     }
 
-    /// Whether two predictions agree (same class; values within 1e-6 relative).
+    /// Whether two predictions agree (same class; values within 1e-6
+    /// relative). A NaN value agrees with nothing, itself included; an
+    /// infinite one only with the same infinity.
     pub fn agrees(&self, other: &Prediction) -> bool {
         match (self, other) {
             (Prediction::Class { label: a, .. }, Prediction::Class { label: b, .. }) => a == b,
             (Prediction::Value { value: a }, Prediction::Value { value: b }) => {
-                (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+                a == b
+                    || (a.is_finite()
+                        && b.is_finite()
+                        && (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0))
             }
             _ => false,
         }
@@ -339,6 +460,84 @@ mod tests {
         assert!(PredictionReader::for_model(None, &outputs).is_none());
     }
 
+    /// The log keeps NaN and ±inf exactly: a model answering them is
+    /// logged, joined and counted like any other (JSON numbers cannot hold
+    /// them, and `null` would not read back).
+    #[test]
+    fn non_finite_predictions_round_trip_through_json() {
+        let same = |a: &Prediction, b: &Prediction| match (a, b) {
+            (
+                Prediction::Class {
+                    label: la,
+                    probabilities: pa,
+                },
+                Prediction::Class {
+                    label: lb,
+                    probabilities: pb,
+                },
+            ) => {
+                la == lb
+                    && pa
+                        .as_ref()
+                        .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                        == pb.as_ref().map(|v| v.iter().map(|x| x.to_bits()).collect())
+            }
+            (Prediction::Value { value: a }, Prediction::Value { value: b }) => {
+                a.to_bits() == b.to_bits()
+            }
+            _ => false,
+        };
+        let cases = [
+            Prediction::Class {
+                label: 1,
+                probabilities: Some(vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.25]),
+            },
+            Prediction::Class {
+                label: 0,
+                probabilities: None,
+            },
+            Prediction::Value { value: f64::NAN },
+            Prediction::Value {
+                value: f64::INFINITY,
+            },
+            Prediction::Value {
+                value: f64::NEG_INFINITY,
+            },
+            Prediction::Value { value: -1.5e-300 },
+        ];
+        for p in &cases {
+            let json = serde_json::to_string(p).expect("serialises");
+            let back: Prediction = serde_json::from_str(&json).expect("deserialises");
+            assert!(same(p, &back), "{p:?} -> {json} -> {back:?}");
+        }
+        assert_eq!(
+            serde_json::to_string(&cases[0]).expect("serialises"),
+            r#"{"label":1,"probabilities":["NaN","inf","-inf",0.25]}"#
+        );
+        // Rows logged before this encoding hold `null`: read as NaN.
+        let old: Prediction = serde_json::from_str(r#"{"value":null}"#).expect("reads");
+        assert!(matches!(old, Prediction::Value { value } if value.is_nan()));
+        let old: Prediction =
+            serde_json::from_str(r#"{"label":0,"probabilities":[null,0.5]}"#).expect("reads");
+        assert!(
+            matches!(&old, Prediction::Class { probabilities: Some(p), .. } if p[0].is_nan() && p[1] == 0.5)
+        );
+        assert!(serde_json::from_str::<Prediction>(r#"{"value":"lots"}"#).is_err());
+    }
+
+    #[test]
+    fn non_finite_values_agree_only_with_the_same_infinity() {
+        let v = |value| Prediction::Value { value };
+        assert!(!v(f64::NAN).agrees(&v(f64::NAN)));
+        assert!(!v(f64::NAN).agrees(&v(1.0)));
+        assert!(!v(1.0).agrees(&v(f64::NAN)));
+        assert!(!v(f64::INFINITY).agrees(&v(5.0)));
+        assert!(!v(5.0).agrees(&v(f64::INFINITY)));
+        assert!(!v(f64::INFINITY).agrees(&v(f64::NEG_INFINITY)));
+        assert!(v(f64::INFINITY).agrees(&v(f64::INFINITY)));
+        assert!(v(1.0).agrees(&v(1.0 + 1e-9)));
+    }
+
     #[test]
     fn labels_parse_by_index_or_name() {
         let names = vec!["malignant".to_owned(), "benign".to_owned()];
@@ -368,5 +567,16 @@ mod tests {
             Ok(Label::Value(151.0))
         );
         assert!(Label::parse(&serde_json::json!("x"), PredictionKind::Value, &names).is_err());
+        // A regression label whose errors could not be summed is refused,
+        // never accepted and left uncounted.
+        for huge in [1e308, -1e150, 1.0001e99] {
+            let e = Label::parse(&serde_json::json!(huge), PredictionKind::Value, &names)
+                .expect_err("out of range");
+            assert!(e.contains("out of range"), "{e}");
+        }
+        assert_eq!(
+            Label::parse(&serde_json::json!(-1e99), PredictionKind::Value, &names),
+            Ok(Label::Value(-1e99))
+        );
     }
 }

@@ -5,15 +5,24 @@
 //! `{"labels": [...]}`. `label` is a class index or class name for
 //! classifiers, a number for regressors.
 //!
-//! A 2xx answer means the labels are durable. Each label is:
-//! `accepted` (stored and joined to every model's prediction), `duplicate`
-//! (the same label was already stored: counted once), `conflict` (a
-//! different label is already stored: refused, never overwritten),
-//! `unknown_id` (no prediction for that id and row), `expired` (the
-//! predictions are past the retention window) or `invalid` (the label does
-//! not fit the task). A single label answers 200 for accepted/duplicate and
-//! the matching error status otherwise (409, 404, 410, 400); a batch answers
-//! 200 with a result per item, never dropping one silently.
+//! A body that is not of that shape is refused as a whole with 400 and
+//! nothing is stored: malformed JSON, or any item that is not an object with
+//! a non-empty string `id`, a non-null `label` and optionally a non-negative
+//! integer `row` and nothing else (the error names the item's index in a
+//! batch).
+//!
+//! A 2xx answer means the labels are durable. Each well-formed label is:
+//! `accepted` (stored and joined to every model's prediction, including
+//! predictions logged after it), `duplicate` (the same label was already
+//! stored: counted once), `conflict` (a different label is already stored:
+//! refused, never overwritten), `unknown_id` (no prediction for that id and
+//! row: never served here, or removed by retention or the size cap before
+//! the label came), `expired` (the predictions are past the retention
+//! window) or `invalid` (the label does not fit the task: not a class, not
+//! a finite number, out of range). A single label answers 200 for
+//! accepted/duplicate and the matching error status otherwise (409, 404,
+//! 410, 400); a batch answers 200 with a result per item, never dropping one
+//! silently.
 
 use std::sync::Arc;
 
@@ -72,45 +81,32 @@ pub async fn feedback(
             format!("{} labels in one request; at most {MAX_BATCH}", raw.len()),
         ));
     }
-    let mut items = Vec::with_capacity(raw.len());
-    let mut rejected: Vec<(usize, FeedbackResult)> = Vec::new();
-    for (i, v) in raw.into_iter().enumerate() {
-        match parse_item(v) {
-            Ok(item) => items.push(item),
-            Err((id, row, message)) => {
-                if single {
-                    return Err(ApiError::invalid(message));
-                }
-                rejected.push((
-                    i,
-                    FeedbackResult {
-                        id,
-                        row,
-                        status: FeedbackStatus::Invalid,
-                        message: Some(message),
-                    },
-                ));
-            }
-        }
-    }
+    // A malformed item refuses the whole request: nothing is stored.
+    let items = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            parse_item(v).map_err(|message| {
+                ApiError::invalid(if single {
+                    message
+                } else {
+                    format!("labels[{i}]: {message}; nothing was stored")
+                })
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let class_names = d
         .live()
         .map(|l| l.champion.model.entry.metadata.labels.clone())
         .unwrap_or_default();
-    let mut results = if items.is_empty() {
-        Vec::new()
-    } else {
-        g.store()
-            .feedback(&name, class_names, items)
-            .await
-            .map_err(|e| match e {
-                StoreError::Busy(_) | StoreError::Stopped => ApiError::unavailable(e.to_string()),
-                other => ApiError::internal(&other),
-            })?
-    };
-    for (i, r) in rejected {
-        results.insert(i.min(results.len()), r);
-    }
+    let results = g
+        .store()
+        .feedback(&name, class_names, items)
+        .await
+        .map_err(|e| match e {
+            StoreError::Busy(_) | StoreError::Stopped => ApiError::unavailable(e.to_string()),
+            other => ApiError::internal(&other),
+        })?;
     crate::telemetry::feedback(&name, &results);
     if single {
         let r = &results[0];
@@ -146,47 +142,51 @@ fn message(r: &FeedbackResult) -> String {
     )
 }
 
-fn parse_item(v: Value) -> Result<FeedbackItem, (String, u32, String)> {
+/// What a JSON value is, for messages (never the value itself).
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// One item's shape; the label's value is checked against the task later.
+fn parse_item(v: Value) -> Result<FeedbackItem, String> {
     let Value::Object(mut o) = v else {
-        return Err((
-            String::new(),
-            0,
-            "a label is a {\"id\", \"label\"} object".into(),
+        return Err(format!(
+            "a label is a {{\"id\", \"label\"}} object, not {}",
+            json_kind(&v)
         ));
     };
     let id = match o.remove("id") {
         Some(Value::String(s)) if !s.is_empty() => s,
+        Some(Value::String(_)) => return Err("'id' must be a non-empty string".into()),
         Some(other) => {
-            return Err((
-                other.to_string(),
-                0,
-                "'id' must be a non-empty string".into(),
+            return Err(format!(
+                "'id' must be a non-empty string, not {}",
+                json_kind(&other)
             ));
         }
-        None => {
-            return Err((
-                String::new(),
-                0,
-                "missing 'id' (the request id the infer response returned)".into(),
-            ));
-        }
+        None => return Err("missing 'id' (the request id the infer response returned)".into()),
     };
     let row = match o.remove("row") {
         None | Some(Value::Null) => 0,
         Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
             Some(r) => r,
-            None => return Err((id, 0, "'row' must be a non-negative integer".into())),
+            None => return Err(format!("id {id:?}: 'row' must be a non-negative integer")),
         },
     };
     let label = match o.remove("label") {
-        Some(Value::Null) | None => return Err((id, row, "missing 'label'".into())),
+        Some(Value::Null) | None => return Err(format!("id {id:?}: missing 'label'")),
         Some(l) => l,
     };
     if let Some(extra) = o.keys().next() {
-        return Err((
-            id,
-            row,
-            format!("unknown field '{extra}' (expected id, row, label)"),
+        return Err(format!(
+            "id {id:?}: unknown field '{extra}' (expected id, row, label)"
         ));
     }
     Ok(FeedbackItem { id, row, label })

@@ -1,7 +1,7 @@
 //! The writer thread: schema, batched prediction writes, durable feedback,
 //! retention, and restoring evaluation state at start-up.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
@@ -252,12 +252,27 @@ type PairKey = (Arc<str>, Arc<str>, u64);
 
 /// The predictions of the most recent request rows of deployments with
 /// challengers, so that agreement with the champion is counted without
-/// reading each row's other predictions back from the log. Bounded: the
-/// oldest rows are forgotten first (a challenger answering after its row was
-/// forgotten reads the log instead).
+/// reading each row's other predictions back from the log, and the label of
+/// each such row once feedback stored one, so that a prediction written after
+/// its label (a shadow's, or a canary deployment's mirrored champion copy) is
+/// joined without reading the labels table. Bounded: the oldest rows are
+/// forgotten first (a row written after its request row was forgotten reads
+/// the log instead).
+///
+/// Invariant: while a request row is here, its `label` is the stored label,
+/// if any (feedback sets it; an entry made for a row that is not here reads
+/// it from the labels table, except for a served row, which never follows
+/// its label).
 struct Recent {
-    rows: HashMap<RecentKey, Vec<RecentPrediction>>,
+    rows: HashMap<RecentKey, RecentRow>,
     order: std::collections::VecDeque<RecentKey>,
+}
+
+/// One request row in [`Recent`].
+#[derive(Debug, Default)]
+struct RecentRow {
+    predictions: Vec<RecentPrediction>,
+    label: Option<Label>,
 }
 
 /// Request rows kept in [`Recent`]: about 1.5 s of traffic at 40,000 rows a
@@ -273,17 +288,24 @@ impl Recent {
         }
     }
 
-    fn get(&self, key: &RecentKey) -> Option<&Vec<RecentPrediction>> {
+    fn get(&self, key: &RecentKey) -> Option<&RecentRow> {
         self.rows.get(key)
     }
 
     fn push(&mut self, key: &RecentKey, p: RecentPrediction) {
-        if let Some(list) = self.rows.get_mut(key) {
-            list.push(p);
+        if let Some(row) = self.rows.get_mut(key) {
+            row.predictions.push(p);
         }
     }
 
-    fn insert(&mut self, key: RecentKey, list: Vec<RecentPrediction>) {
+    /// Records a label stored for a request row, when the row is here.
+    fn set_label(&mut self, key: &RecentKey, label: &Label) {
+        if let Some(row) = self.rows.get_mut(key) {
+            row.label = Some(label.clone());
+        }
+    }
+
+    fn insert(&mut self, key: RecentKey, list: RecentRow) {
         if self.order.len() >= RECENT_ROWS
             && let Some(oldest) = self.order.pop_front()
         {
@@ -625,6 +647,9 @@ impl Writer {
         let mut counts: Vec<BatchCount> = Vec::new();
         // Applied to the evaluator once per batch.
         let mut comparisons: HashMap<PairKey, (u64, u64)> = HashMap::new();
+        // Paired comparisons that rows joined to earlier labels added to.
+        let mut joined_pairs: BTreeMap<String, BTreeSet<crate::evaluation::PairKey>> =
+            BTreeMap::new();
         let mut json = Vec::with_capacity(128);
         let mut inserted = 0u64;
         {
@@ -636,6 +661,8 @@ impl Writer {
                      WHERE deployment = ?1 AND request_id = ?2 AND row = ?3 AND NOT (model = ?4 AND version = ?5)",
                 )
                 .map_err(&err)?;
+            let mut find_label = tx.prepare_cached(FIND_LABEL).map_err(&err)?;
+            let mut insert_outcome = tx.prepare_cached(INSERT_OUTCOME).map_err(&err)?;
             let mut records = batch.drain(..);
             let mut chunk: Vec<PredictionRecord> = Vec::with_capacity(INSERT_ROWS);
             let mut fresh = [false; INSERT_ROWS];
@@ -692,8 +719,10 @@ impl Writer {
                     let known = self.recent.get(&recent_key);
                     let from_log;
                     let earlier: &[RecentPrediction] = match known {
-                        Some(list) => list,
-                        None if r.role == Role::Champion => &[],
+                        Some(row) => &row.predictions,
+                        // The served champion's row comes first (a canary
+                        // deployment's champion copy does not: it reads).
+                        None if r.role == Role::Champion && r.served => &[],
                         None => {
                             from_log = others
                                 .query_map(
@@ -730,10 +759,10 @@ impl Writer {
                                 })
                                 .filter_map(|(model, version, role, p)| {
                                     Some(RecentPrediction {
+                                        role: Role::parse(&role)?,
+                                        prediction: logged_prediction(&r.deployment, &model, &p)?,
                                         model: Arc::from(model.as_str()),
                                         version,
-                                        role: Role::parse(&role)?,
-                                        prediction: serde_json::from_str(&p).ok()?,
                                     })
                                 })
                                 .collect::<Vec<_>>();
@@ -757,6 +786,75 @@ impl Writer {
                         pair.0 += u64::from(r.prediction.agrees(&other.prediction));
                         pair.1 += 1;
                     }
+                    // A label stored before this row: joined now, as feedback
+                    // would have joined it had the row come first. Only a row
+                    // that was not served can follow its label; its label is
+                    // in `recent` with its request row, or else in the
+                    // labels table.
+                    let label = match known {
+                        _ if r.served => None,
+                        Some(row) => row.label.clone(),
+                        None => find_label
+                            .query_row(params![&*r.deployment, &*r.request_id, r.row], |row| {
+                                row.get::<_, String>(0)
+                            })
+                            .optional()
+                            .map_err(&err)?
+                            .map(|l| {
+                                serde_json::from_str::<Label>(&l)
+                                    .map_err(|e| StoreError::Corrupt(format!("label {l:?}: {e}")))
+                            })
+                            .transpose()?,
+                    };
+                    if let Some(label) = &label
+                        && let Some(outcome) = r.prediction.outcome(label)
+                    {
+                        let outcome_json =
+                            serde_json::to_string(&outcome).expect("outcomes serialise");
+                        insert_outcome
+                            .execute(params![&*r.deployment, &*r.model, r.version, outcome_json])
+                            .map_err(&err)?;
+                        let key: ModelKey = (r.model.to_string(), r.version);
+                        self.touched_outcomes.insert((
+                            r.deployment.to_string(),
+                            key.0.clone(),
+                            key.1,
+                        ));
+                        // The pairs this row completes: with the champion, or
+                        // with each challenger, that predicted before it.
+                        for other in earlier {
+                            let paired = matches!(
+                                (r.role, other.role),
+                                (Role::Champion, Role::Shadow | Role::Canary)
+                                    | (Role::Shadow | Role::Canary, Role::Champion)
+                            );
+                            let Some(other_outcome) =
+                                paired.then(|| other.prediction.outcome(label)).flatten()
+                            else {
+                                continue;
+                            };
+                            let other_key: ModelKey = (other.model.to_string(), other.version);
+                            let (pair, (champion, challenger)) = if r.role == Role::Champion {
+                                ((key.clone(), other_key), (&outcome, &other_outcome))
+                            } else {
+                                ((other_key, key.clone()), (&other_outcome, &outcome))
+                            };
+                            if self.evaluator.add_pair(
+                                &r.deployment,
+                                &pair,
+                                r.segment.as_deref(),
+                                champion,
+                                challenger,
+                            ) {
+                                joined_pairs
+                                    .entry(r.deployment.to_string())
+                                    .or_default()
+                                    .insert(pair);
+                            }
+                        }
+                        self.evaluator.add_outcome(&r.deployment, &key, outcome);
+                        touched.insert((r.deployment.to_string(), key));
+                    }
                     let mine = RecentPrediction {
                         model: r.model,
                         version: r.version,
@@ -766,12 +864,13 @@ impl Writer {
                     match known {
                         Some(_) => self.recent.push(&recent_key, mine),
                         None => {
-                            let mut list = match earlier {
+                            let mut predictions = match earlier {
                                 [] => Vec::with_capacity(4),
                                 _ => earlier.to_vec(),
                             };
-                            list.push(mine);
-                            self.recent.insert(recent_key, list);
+                            predictions.push(mine);
+                            self.recent
+                                .insert(recent_key, RecentRow { predictions, label });
                         }
                     }
                 }
@@ -796,9 +895,32 @@ impl Writer {
         for deployment in served_rows.keys() {
             save_counters(&self.evaluator, &self.path, &tx, deployment)?;
         }
+        for (deployment, pairs) in &joined_pairs {
+            save_comparisons(&self.evaluator, &self.path, &tx, deployment, pairs)?;
+        }
         tx.commit().map_err(&err)?;
         self.counters.rows.fetch_add(inserted, Ordering::Relaxed);
+        self.notify_comparisons(joined_pairs.into_keys());
         Ok(())
+    }
+}
+
+/// The label stored for a request row.
+const FIND_LABEL: &str =
+    "SELECT label FROM labels WHERE deployment = ?1 AND request_id = ?2 AND row = ?3";
+const INSERT_OUTCOME: &str =
+    "INSERT INTO outcomes (deployment, model, version, outcome) VALUES (?1, ?2, ?3, ?4)";
+
+/// A logged prediction read back. The log round-trips every prediction
+/// (non-finite values included), so a row that does not parse is corrupt:
+/// it is reported, never skipped silently.
+fn logged_prediction(deployment: &str, model: &str, json: &str) -> Option<Prediction> {
+    match serde_json::from_str(json) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(deployment, model, error = %e, "a logged prediction does not parse; it is left out");
+            None
+        }
     }
 }
 
@@ -984,12 +1106,10 @@ impl Writer {
         let mut answers = Vec::with_capacity(groups.len());
         let mut changed_comparisons: Vec<String> = Vec::new();
         {
-            let mut existing_label = tx
-                .prepare_cached("SELECT label FROM labels WHERE deployment = ?1 AND request_id = ?2 AND row = ?3")
-                .map_err(&err)?;
+            let mut existing_label = tx.prepare_cached(FIND_LABEL).map_err(&err)?;
             let mut preds = tx
                 .prepare_cached(
-                    "SELECT model, version, prediction, role, segment FROM predictions
+                    "SELECT model, version, prediction, role, segment, created_ms FROM predictions
                      WHERE deployment = ?1 AND request_id = ?2 AND row = ?3",
                 )
                 .map_err(&err)?;
@@ -998,9 +1118,7 @@ impl Writer {
                     "INSERT INTO labels (deployment, request_id, row, label, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(&err)?;
-            let mut insert_outcome = tx
-                .prepare_cached("INSERT INTO outcomes (deployment, model, version, outcome) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(&err)?;
+            let mut insert_outcome = tx.prepare_cached(INSERT_OUTCOME).map_err(&err)?;
             for (deployment, class_names, items) in groups {
                 let (deployment, class_names) = (deployment.as_str(), class_names.as_slice());
                 let mut results = Vec::with_capacity(items.len());
@@ -1022,17 +1140,19 @@ impl Writer {
                                 r.get::<_, String>(2)?,
                                 r.get::<_, String>(3)?,
                                 r.get::<_, Option<String>>(4)?,
+                                r.get::<_, i64>(5)?,
                             ))
                         })
                         .map_err(&err)?
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(&err)?;
                     let segment = predictions.iter().find_map(|p| p.4.clone());
+                    // When the request was answered: its earliest row.
+                    let created_ms = predictions.iter().map(|p| p.5).min();
                     let predictions: Vec<(String, u64, Prediction, Option<Role>)> = predictions
                         .into_iter()
-                        .filter_map(|(m, v, p, role, _)| {
-                            serde_json::from_str(&p)
-                                .ok()
+                        .filter_map(|(m, v, p, role, ..)| {
+                            logged_prediction(deployment, &m, &p)
                                 .map(|p| (m, v, p, Role::parse(&role)))
                         })
                         .collect();
@@ -1058,22 +1178,34 @@ impl Writer {
                     });
                         continue;
                     }
+                    // Past the retention window: whether the sweep deleted the
+                    // rows yet (then only a contender-issued id can tell) or not.
+                    let expired = match created_ms {
+                        Some(ms) => ms < now - retention_ms,
+                        None => is_expired(&item.id, now, retention_ms),
+                    };
+                    if expired {
+                        results.push(result(
+                            FeedbackStatus::Expired,
+                            Some(format!(
+                                "the predictions for request id {:?} are older than the retention \
+                                 window ({} hours); labels for them are no longer taken",
+                                item.id,
+                                retention_ms as f64 / 3_600_000.0
+                            )),
+                        ));
+                        continue;
+                    }
                     let Some(kind) = kind else {
-                        let expired = is_expired(&item.id, now, retention_ms);
-                        results.push(if expired {
-                            result(
-                                FeedbackStatus::Expired,
-                                Some("its predictions are older than the retention window".into()),
-                            )
-                        } else {
-                            result(
-                                FeedbackStatus::UnknownId,
-                                Some(format!(
-                                    "no prediction for request id {:?} row {} in this deployment",
-                                    item.id, item.row
-                                )),
-                            )
-                        });
+                        results.push(result(
+                            FeedbackStatus::UnknownId,
+                            Some(format!(
+                                "no prediction for request id {:?} row {} in this deployment: \
+                                 the id was never served here, or its predictions were removed \
+                                 by retention or the size cap",
+                                item.id, item.row
+                            )),
+                        ));
                         continue;
                     };
                     let label = match Label::parse(&item.label, kind, class_names) {
@@ -1087,6 +1219,11 @@ impl Writer {
                     insert_label
                         .execute(params![deployment, item.id, item.row, label_json, now])
                         .map_err(&err)?;
+                    // Predictions written later for this row join it then.
+                    self.recent.set_label(
+                        &(Arc::from(deployment), Arc::from(item.id.as_str()), item.row),
+                        &label,
+                    );
                     let mut champion: Option<(ModelKey, crate::evaluation::metrics::Outcome)> =
                         None;
                     let mut challengers = Vec::new();
@@ -1143,13 +1280,18 @@ impl Writer {
             }
         }
         tx.commit().map_err(&err)?;
+        self.notify_comparisons(changed_comparisons);
+        Ok(answers)
+    }
+
+    /// Tells the promotion policy which deployments' comparisons changed.
+    fn notify_comparisons(&self, deployments: impl IntoIterator<Item = String>) {
         if let Some(notify) = &self.settings.notify {
-            for deployment in changed_comparisons {
+            for deployment in deployments {
                 // The policy re-evaluates; if its queue is full it has work pending anyway.
                 let _ = notify.try_send(deployment);
             }
         }
-        Ok(answers)
     }
 
     /// Retention, the size cap, and pruning outcomes beyond the windows.
@@ -1350,6 +1492,208 @@ mod tests {
         batch.extend((2..INSERT_ROWS).map(|i| record("m", 1, Role::Champion, &format!("f{i}"), 0)));
         w.write_predictions(&mut batch).expect("written");
         assert_eq!(agreement(&evaluator, 2), (4, 5));
+    }
+
+    /// Posts one label for row 0 of `id` in deployment `d`.
+    fn label(w: &mut Writer, id: &str, label: serde_json::Value) -> FeedbackResult {
+        let item = FeedbackItem {
+            id: id.to_owned(),
+            row: 0,
+            label,
+        };
+        let mut answers = w
+            .feedback(vec![("d".to_owned(), Vec::new(), vec![item])])
+            .expect("the label is stored");
+        answers.remove(0).remove(0)
+    }
+
+    /// (labelled rows, pairs compared) of model m@`version` in `d`, with
+    /// champion m@1.
+    fn joined(evaluator: &Evaluator, version: u64) -> (u64, u64) {
+        let snapshot = evaluator.snapshot("d");
+        let labelled = snapshot
+            .models
+            .iter()
+            .find(|m| m.model == "m" && m.version == version)
+            .map_or(0, |m| m.labelled);
+        let pairs = snapshot
+            .comparisons
+            .iter()
+            .find(|c| c.key == (("m".to_owned(), 1), ("m".to_owned(), version)))
+            .map_or(0, |c| c.overall.pairs);
+        (labelled, pairs)
+    }
+
+    /// The evaluation as a fresh evaluator restores it from the store.
+    fn restored(w: &Writer) -> serde_json::Value {
+        let evaluator = Evaluator::default();
+        let counters = StoreCounters::default();
+        restore(&w.conn, &w.path, &evaluator, &counters).expect("restores");
+        serde_json::to_value(evaluator.snapshot("d")).expect("serialises")
+    }
+
+    /// A label joins the predictions written after it (shadows answering
+    /// after feedback, a canary deployment's champion copy arriving after
+    /// the canary's answer), from the rows kept in memory or, when they are
+    /// gone, from the labels table: each model gets its outcome and each
+    /// champion–challenger pair is compared once, as if the label had come
+    /// last; a restore gives the same evaluation.
+    #[test]
+    fn a_label_joins_predictions_written_after_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut w, evaluator, _) = writer(dir.path(), 1_000_000);
+        let ok = FeedbackStatus::Accepted;
+        // Shadows after the label.
+        w.write_predictions(&mut vec![record("m", 1, Role::Champion, "a", 1)])
+            .expect("written");
+        assert_eq!(label(&mut w, "a", serde_json::json!(1)).status, ok);
+        assert_eq!(joined(&evaluator, 1), (1, 0));
+        w.write_predictions(&mut vec![
+            record("m", 2, Role::Shadow, "a", 1),
+            record("m", 3, Role::Shadow, "a", 0),
+        ])
+        .expect("written");
+        assert_eq!(joined(&evaluator, 1).0, 1);
+        assert_eq!(joined(&evaluator, 2), (1, 1));
+        assert_eq!(joined(&evaluator, 3), (1, 1));
+        // A row logged twice joins once.
+        w.write_predictions(&mut vec![record("m", 2, Role::Shadow, "a", 1)])
+            .expect("written");
+        assert_eq!(joined(&evaluator, 2), (1, 1));
+        // One shadow before the label, one after: each pair once.
+        w.write_predictions(&mut vec![
+            record("m", 1, Role::Champion, "b", 0),
+            record("m", 2, Role::Shadow, "b", 0),
+        ])
+        .expect("written");
+        assert_eq!(label(&mut w, "b", serde_json::json!(0)).status, ok);
+        w.write_predictions(&mut vec![record("m", 3, Role::Shadow, "b", 1)])
+            .expect("written");
+        assert_eq!(joined(&evaluator, 2), (2, 2));
+        assert_eq!(joined(&evaluator, 3), (2, 2));
+        // The request row no longer in memory: the label is read back.
+        w.write_predictions(&mut vec![record("m", 1, Role::Champion, "c", 1)])
+            .expect("written");
+        assert_eq!(label(&mut w, "c", serde_json::json!(1)).status, ok);
+        w.recent.clear();
+        w.write_predictions(&mut vec![record("m", 2, Role::Shadow, "c", 1)])
+            .expect("written");
+        w.write_predictions(&mut vec![record("m", 3, Role::Shadow, "c", 1)])
+            .expect("written");
+        assert_eq!(joined(&evaluator, 1).0, 3);
+        assert_eq!(joined(&evaluator, 2), (3, 3));
+        assert_eq!(joined(&evaluator, 3), (3, 3));
+        // A canary's served answer, the label, then the champion's copy;
+        // then the same with the canary's row no longer in memory.
+        let champion_copy = |id: &str| {
+            let mut r = record("m", 1, Role::Champion, id, 1);
+            r.served = false;
+            r
+        };
+        for (id, forget) in [("e", false), ("f", true)] {
+            w.write_predictions(&mut vec![record("m", 4, Role::Canary, id, 0)])
+                .expect("written");
+            assert_eq!(label(&mut w, id, serde_json::json!(1)).status, ok);
+            if forget {
+                w.recent.clear();
+            }
+            w.write_predictions(&mut vec![champion_copy(id)])
+                .expect("written");
+        }
+        assert_eq!(joined(&evaluator, 1).0, 5);
+        assert_eq!(joined(&evaluator, 4), (2, 2));
+        let accuracy = |version| {
+            evaluator
+                .snapshot("d")
+                .models
+                .iter()
+                .find(|m| m.version == version)
+                .and_then(|m| m.cumulative.accuracy)
+        };
+        assert_eq!(accuracy(1), Some(1.0));
+        assert_eq!(accuracy(3), Some(1.0 / 3.0));
+        assert_eq!(accuracy(4), Some(0.0));
+        let (served, labelled) = evaluator.counters("d");
+        assert_eq!((served, labelled), (5, 5));
+        // Every outcome is stored: a restore equals the live evaluation.
+        let outcomes: u64 = w
+            .conn
+            .query_row("SELECT COUNT(*) FROM outcomes", [], |r| r.get(0))
+            .expect("counted");
+        assert_eq!(outcomes, 3 + 3 + 3 + 2 + 2);
+        assert_eq!(
+            restored(&w),
+            serde_json::to_value(evaluator.snapshot("d")).expect("serialises")
+        );
+    }
+
+    /// Non-finite predictions are logged so that they read back: labels
+    /// join them, the metrics count them by the documented rule, and a
+    /// restore reads their outcomes back.
+    #[test]
+    fn non_finite_predictions_are_joined_and_restored() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut w, evaluator, _) = writer(dir.path(), 1_000_000);
+        let mut nan = record("m", 1, Role::Champion, "n", 1);
+        nan.compare = false;
+        nan.prediction = Prediction::Class {
+            label: 1,
+            probabilities: Some(vec![f64::NAN, f64::INFINITY]),
+        };
+        let mut fine = record("m", 1, Role::Champion, "p", 1);
+        fine.compare = false;
+        fine.prediction = Prediction::Class {
+            label: 1,
+            probabilities: Some(vec![0.5, 0.5]),
+        };
+        w.write_predictions(&mut vec![nan, fine]).expect("written");
+        for id in ["n", "p"] {
+            assert_eq!(
+                label(&mut w, id, serde_json::json!(1)).status,
+                FeedbackStatus::Accepted
+            );
+        }
+        let snapshot = evaluator.snapshot("d");
+        let m = &snapshot.models[0].cumulative;
+        assert_eq!((m.labelled, m.non_finite), (2, 1));
+        assert_eq!(m.accuracy, Some(1.0));
+        let want = (-(1e-15f64.ln()) - 0.5f64.ln()) / 2.0;
+        assert!(
+            m.log_loss.is_some_and(|l| (l - want).abs() < 1e-12),
+            "{m:?}"
+        );
+        assert_eq!(m.brier, Some((1.0 + 0.25) / 2.0));
+        assert_eq!(
+            restored(&w),
+            serde_json::to_value(evaluator.snapshot("d")).expect("serialises")
+        );
+    }
+
+    /// A label for predictions past the retention window is `expired` as soon
+    /// as they are, before the sweep deletes them, whatever the id; an id
+    /// with no prediction is `unknown_id`, saying why that can be.
+    #[test]
+    fn labels_past_retention_are_expired_before_the_sweep() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut w, evaluator, _) = writer(dir.path(), 1_000_000);
+        let mut old = record("m", 1, Role::Champion, "order-42", 1);
+        old.compare = false;
+        old.created_ms = now_ms() - 2 * 3_600_000;
+        let mut fresh = record("m", 1, Role::Champion, "order-44", 1);
+        fresh.compare = false;
+        w.write_predictions(&mut vec![old, fresh]).expect("written");
+        let r = label(&mut w, "order-42", serde_json::json!(1));
+        assert_eq!(r.status, FeedbackStatus::Expired, "{r:?}");
+        assert!(r.message.is_some_and(|m| m.contains("retention")));
+        let r = label(&mut w, "order-43", serde_json::json!(1));
+        assert_eq!(r.status, FeedbackStatus::UnknownId, "{r:?}");
+        let message = r.message.expect("a message");
+        for needle in ["never served here", "retention", "size cap"] {
+            assert!(message.contains(needle), "{message}");
+        }
+        let r = label(&mut w, "order-44", serde_json::json!(1));
+        assert_eq!(r.status, FeedbackStatus::Accepted, "{r:?}");
+        assert_eq!(evaluator.counters("d").1, 1);
     }
 
     /// Rows go in 32 to a statement; a chunk holding a row that is logged

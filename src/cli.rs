@@ -210,18 +210,30 @@ fn list_models(config: &Config, json: bool) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let champions: Vec<(&str, u64, &str)> = config
-        .deployments
-        .iter()
-        .map(|(d, c)| (c.champion.model.as_str(), c.champion.version, d.as_str()))
-        .collect();
+    // Roles from the config file (admin changes made at run time are in
+    // `contender status`): (model, version, "champion of d" / "shadow in d").
+    let mut roles: Vec<(&str, u64, String)> = Vec::new();
+    for (d, c) in &config.deployments {
+        roles.push((
+            c.champion.model.as_str(),
+            c.champion.version,
+            format!("champion of {d}"),
+        ));
+        for ch in &c.challengers {
+            roles.push((
+                ch.model.as_str(),
+                ch.version,
+                format!("{} in {d}", ch.mode.as_str()),
+            ));
+        }
+    }
     let rows: Vec<[String; 7]> = repo
         .entries()
         .map(|e| {
-            let deployed: Vec<&str> = champions
+            let deployed: Vec<&str> = roles
                 .iter()
                 .filter(|(m, v, _)| *m == e.name && *v == e.version)
-                .map(|(_, _, d)| *d)
+                .map(|(_, _, role)| role.as_str())
                 .collect();
             let meta = &e.metadata;
             [
@@ -240,7 +252,7 @@ fn list_models(config: &Config, json: bool) -> ExitCode {
                 if deployed.is_empty() {
                     "-".into()
                 } else {
-                    format!("champion of {}", deployed.join(", "))
+                    deployed.join(", ")
                 },
                 meta.description.clone().unwrap_or_default(),
             ]

@@ -133,6 +133,12 @@ fn models_list_prints_a_table_of_every_version() {
         .find(|l| l.starts_with("breast_cancer ") && l.split_whitespace().nth(1) == Some("1"))
         .expect("breast_cancer 1 row");
     assert!(champion.contains("champion of breast_cancer"), "{champion}");
+    // contender.toml's shadows say so too.
+    let shadow = stdout
+        .lines()
+        .find(|l| l.starts_with("breast_cancer ") && l.split_whitespace().nth(1) == Some("2"))
+        .expect("breast_cancer 2 row");
+    assert!(shadow.contains("shadow in breast_cancer"), "{shadow}");
     assert!(!stdout.contains("_data"), "{stdout}");
 }
 

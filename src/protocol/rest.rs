@@ -66,6 +66,14 @@ pub enum DecodeError {
     BinaryBytes { input: String },
     #[error("{0} bytes of binary data are not claimed by any input")]
     BinaryTrailing(usize),
+    #[error(
+        "{what} '{name}': the shared-memory extension is not supported (parameter '{parameter}'); send the tensor in the request"
+    )]
+    SharedMemory {
+        what: &'static str,
+        name: String,
+        parameter: &'static str,
+    },
     #[error("parameter '{name}' must be {expected}")]
     Parameter {
         name: String,
@@ -158,6 +166,20 @@ fn bool_param(
     }
 }
 
+/// The shared-memory parameter a tensor carries (Triton's system and CUDA
+/// shared-memory extensions), which contender does not serve: such a tensor
+/// is refused rather than read as if it had no data.
+fn shared_memory(params: Option<&Map<String, Value>>) -> Option<&'static str> {
+    let params = params?;
+    [
+        "shared_memory_region",
+        "shared_memory_byte_size",
+        "shared_memory_offset",
+    ]
+    .into_iter()
+    .find(|p| params.contains_key(*p))
+}
+
 fn size_param(
     params: Option<&Map<String, Value>>,
     name: &str,
@@ -186,6 +208,13 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferReque
     let wire: WireRequest<'_> = serde_json::from_slice(json).map_err(DecodeError::Json)?;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
+        if let Some(parameter) = shared_memory(input.parameters.as_ref()) {
+            return Err(DecodeError::SharedMemory {
+                what: "input",
+                name: input.name,
+                parameter,
+            });
+        }
         let datatype =
             DataType::parse(input.datatype).ok_or_else(|| DecodeError::UnknownDatatype {
                 input: input.name.clone(),
@@ -234,6 +263,13 @@ pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferReque
         .unwrap_or_default()
         .into_iter()
         .map(|o| {
+            if let Some(parameter) = shared_memory(o.parameters.as_ref()) {
+                return Err(DecodeError::SharedMemory {
+                    what: "output",
+                    name: o.name,
+                    parameter,
+                });
+            }
             let classification = match size_param(o.parameters.as_ref(), "classification") {
                 Ok(Some(0)) | Err(_) => {
                     return Err(DecodeError::Parameter {
@@ -965,6 +1001,30 @@ mod tests {
             assert_eq!(g.to_bits(), n.parse::<f32>().unwrap().to_bits(), "FP32 {n}");
         }
         assert_eq!(got32.len(), finite32.len());
+    }
+
+    #[test]
+    fn shared_memory_tensors_are_refused_by_name() {
+        let err = decode(
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32",
+                "parameters":{"shared_memory_region":"r0","shared_memory_byte_size":4}}]}"#,
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("input 'x'") && msg.contains("shared_memory_region"),
+            "{msg}"
+        );
+        let err = decode(
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],
+                "outputs":[{"name":"y","parameters":{"shared_memory_region":"out"}}]}"#,
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("output 'y'") && msg.contains("shared-memory"),
+            "{msg}"
+        );
     }
 
     #[test]

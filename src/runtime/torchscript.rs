@@ -76,7 +76,7 @@ impl TorchScriptModel {
         let mut module =
             CModule::load_on_device(path, Device::Cpu).map_err(|e| RuntimeError::Load {
                 path: path.display().to_string(),
-                message: e.to_string(),
+                message: torch_message(&e.to_string()),
             })?;
         module.set_eval();
         let model = TorchScriptModel {
@@ -128,7 +128,7 @@ impl TorchScriptModel {
             .map(to_ivalue)
             .collect::<Result<Vec<_>, _>>()?;
         let result = tch::no_grad(|| self.module.forward_is(&args))
-            .map_err(|e| RuntimeError::Inference(e.to_string()))?;
+            .map_err(|e| RuntimeError::Inference(torch_message(&e.to_string())))?;
         let mismatch = |what: String| {
             RuntimeError::Inference(format!(
                 "{what}; model.toml declares {} output(s): {}",
@@ -274,5 +274,37 @@ impl Model for TorchScriptModel {
     }
     fn infer_on(&self, _instance: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
         self.infer(inputs)
+    }
+}
+
+/// libtorch's message without the C++ stack trace it appends ("Exception
+/// raised from …" and the `frame #N` lines): what a person reads in an
+/// error, the log or `contender validate`.
+fn torch_message(full: &str) -> String {
+    let cut = ["Exception raised from", "\nframe #"]
+        .iter()
+        .filter_map(|m| full.find(m))
+        .min()
+        .unwrap_or(full.len());
+    let message = full[..cut].trim();
+    if message.is_empty() {
+        full.lines().next().unwrap_or("").trim().to_owned()
+    } else {
+        message.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_traces_are_cut_from_libtorch_messages() {
+        let full = "PytorchStreamReader failed reading zip archive: failed finding central directory\nException raised from valid at ../caffe2/serialize/inline_container.cc:236 (most recent call first):\nframe #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x8e (0x7f in libc10.so)\nframe #1: ...";
+        assert_eq!(
+            torch_message(full),
+            "PytorchStreamReader failed reading zip archive: failed finding central directory"
+        );
+        assert_eq!(torch_message("plain message"), "plain message");
     }
 }

@@ -5,9 +5,11 @@
 //! `load_full()` snapshot and finishes on the model it started with, whatever
 //! replaces the set meanwhile.
 
+mod counters;
 mod live;
 mod loader;
 pub mod promotion;
+mod reset;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -58,6 +60,7 @@ pub struct Deployment {
     pub name_arc: Arc<str>,
     state: Mutex<DeploymentConfig>,
     live: ArcSwapOption<LiveSet>,
+    /// Counters of each member (see `counters`).
     member_stats: Mutex<HashMap<ModelRef, Arc<MemberStats>>>,
     /// Promotion bookkeeping, stored with the state.
     runtime: Mutex<Runtime>,
@@ -145,7 +148,7 @@ impl Deployment {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
-    /// Counters of one member, kept across live-set changes.
+    /// Counters of one member, kept across live-set changes and restarts.
     pub fn member_stats(&self, m: &ModelRef) -> Arc<MemberStats> {
         let mut map = self.member_stats.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(map.entry(m.clone()).or_default())
@@ -199,8 +202,9 @@ pub struct Gateway {
     deployments: BTreeMap<String, Deployment>,
     ready: AtomicBool,
     store: Store,
-    /// Deployments whose seed the store does not hold yet.
-    unsaved: Mutex<Vec<String>>,
+    /// Deployments whose seed the store does not hold yet, with the audit
+    /// record of the reset when a stored state was replaced by the config's.
+    unsaved: Mutex<Vec<(String, Option<promotion::HistoryRecord>)>>,
     /// Names of deployments whose comparisons changed (taken by the policy task).
     policy: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
     drift: DriftMonitor,
@@ -283,29 +287,34 @@ impl Gateway {
                 .get(name)
                 .map(|s| serde_json::from_str::<StoredDeployment>(s))
             {
-                Some(Ok(s)) if &s.seed == seed => match usable(&repository, s.state) {
+                Some(Ok(s)) if &s.seed == seed => match usable(&repository, s.state.clone()) {
                     Ok(state) => {
                         runtimes.insert(name.clone(), s.runtime);
                         state
                     }
                     Err(why) => {
                         tracing::warn!(deployment = %name, reason = %why, "stored state is not usable; starting from the config");
-                        unsaved.push(name.clone());
+                        unsaved.push((name.clone(), Some(reset::state_unusable(&s, seed, &why))));
                         seed.clone()
                     }
                 },
-                Some(Ok(_)) => {
-                    tracing::warn!(deployment = %name, "the config entry changed since the state was stored; starting from the config (runtime changes are replaced)");
-                    unsaved.push(name.clone());
+                Some(Ok(s)) => {
+                    // Recorded in the history with the state it replaces.
+                    let record = reset::config_changed(&s, seed);
+                    tracing::warn!(deployment = %name, reason = %record.reason, "the config entry changed since the state was stored; starting from the config");
+                    unsaved.push((name.clone(), Some(record)));
                     seed.clone()
                 }
                 Some(Err(e)) => {
                     tracing::warn!(deployment = %name, error = %e, "stored state is unreadable; starting from the config");
-                    unsaved.push(name.clone());
+                    unsaved.push((
+                        name.clone(),
+                        Some(reset::state_unreadable(seed, &e.to_string())),
+                    ));
                     seed.clone()
                 }
                 None => {
-                    unsaved.push(name.clone());
+                    unsaved.push((name.clone(), None));
                     seed.clone()
                 }
             };
@@ -314,6 +323,7 @@ impl Gateway {
             deployments.insert(name.clone(), Deployment::new(name, state, runtime));
         }
         store.restore()?;
+        counters::restore(&deployments, store.member_stats()?);
         let drift_configs: BTreeMap<String, DriftConfig> = deployments
             .iter()
             .map(|(n, d)| (n.clone(), d.state().drift))
@@ -415,11 +425,13 @@ impl Gateway {
     /// turns ready once every champion is live; challengers join their live
     /// sets as they finish loading.
     pub async fn load(self: &Arc<Self>) {
-        let pending: Vec<String> =
+        let pending: Vec<(String, Option<promotion::HistoryRecord>)> =
             std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()));
-        for name in pending {
+        for (name, record) in pending {
             if let Some(d) = self.deployments.get(&name)
-                && let Err(e) = self.save(d, &d.state(), &d.runtime(), None).await
+                && let Err(e) = self
+                    .save(d, &d.state(), &d.runtime(), record.as_ref())
+                    .await
             {
                 tracing::error!(deployment = %name, error = %e, "cannot store the deployment's state");
             }
@@ -745,12 +757,13 @@ impl Gateway {
     }
 
     /// Adds a challenger: loads, validates and warms it before it takes
-    /// traffic, stores the change, then swaps the live set. A failure
-    /// changes nothing.
+    /// traffic, stores the change (with who asked and why, for the history),
+    /// then swaps the live set. A failure changes nothing.
     pub async fn add_challenger(
         &self,
         deployment: &str,
         c: ChallengerConfig,
+        note: promotion::ChangeNote,
     ) -> Result<DeploymentConfig, ChangeError> {
         let d = self
             .deployment(deployment)
@@ -772,15 +785,17 @@ impl Gateway {
                 state.champion
             ))
         })?;
-        let record = promotion::challenger_change("challenger_added", None, &c, &d.state());
+        let record = promotion::challenger_change("challenger_added", note, &c, &d.state());
         self.apply_with(d, state, d.runtime(), Some(&record)).await
     }
 
-    /// Removes a challenger; its in-flight mirrored requests finish.
+    /// Removes a challenger; its in-flight mirrored requests finish. Its
+    /// traffic counters go with it (added again, it starts from zero).
     pub async fn remove_challenger(
         &self,
         deployment: &str,
         r: &ModelRef,
+        note: promotion::ChangeNote,
     ) -> Result<DeploymentConfig, ChangeError> {
         let d = self
             .deployment(deployment)
@@ -798,7 +813,7 @@ impl Gateway {
             )));
         };
         state.challengers.retain(|c| &c.model_ref() != r);
-        let record = promotion::challenger_change("challenger_removed", None, &removed, &d.state());
+        let record = promotion::challenger_change("challenger_removed", note, &removed, &d.state());
         let mut runtime = d.runtime();
         if runtime.previous.as_ref().is_some_and(|p| &p.model == r) {
             runtime.previous = None;
@@ -806,10 +821,10 @@ impl Gateway {
         self.apply_with(d, state, runtime, Some(&record)).await
     }
 
-    /// Stores `state`, then makes it live in one atomic swap.
     /// Stores `state`, `runtime` and the audit record in one transaction,
     /// then swaps the live set in one atomic step: requests in flight finish
-    /// on the set they started with.
+    /// on the set they started with. Models that left the deployment lose
+    /// their traffic counters.
     async fn apply_with(
         &self,
         d: &Deployment,
@@ -824,6 +839,7 @@ impl Gateway {
         d.set_state(state.clone());
         d.set_runtime(runtime);
         d.publish(live, down);
+        d.retain_member_stats(&state);
         Ok(state)
     }
 

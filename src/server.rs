@@ -169,6 +169,7 @@ impl Server {
         let gateway_for_flush = Arc::clone(&gateway);
         let policy = tokio::spawn(Arc::clone(&gateway).run_policy());
         let notifier = tokio::spawn(Arc::clone(&gateway).run_notifier());
+        let stats_saver = tokio::spawn(Arc::clone(&gateway).run_stats_saver());
         let loading = tokio::spawn(async move { gateway.load().await });
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -202,6 +203,12 @@ impl Server {
         loading.abort();
         policy.abort();
         notifier.abort();
+        stats_saver.abort();
+        // Every member's traffic counters are saved before exit, so a clean
+        // restart resumes them exactly.
+        if let Err(e) = gateway_for_flush.save_member_stats().await {
+            tracing::warn!(error = %e, "could not save the members' traffic counters");
+        }
         // Predictions still queued for the log are written before exit.
         if let Err(e) = gateway_for_flush.store().flush().await {
             tracing::warn!(error = %e, "could not flush the prediction log");

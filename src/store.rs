@@ -1,6 +1,6 @@
 //! Durable state in an embedded SQLite database (WAL mode) under
-//! `store.data_dir`: deployments, the prediction log, labels, and the
-//! evaluation state derived from them.
+//! `store.data_dir`: deployments, the prediction log, labels, the
+//! evaluation state derived from them, and each member's traffic counters.
 //!
 //! One writer thread owns the write connection. Predictions reach it through
 //! a bounded queue and are written in batches (synchronous = NORMAL: a
@@ -157,6 +157,35 @@ pub(crate) enum Control {
         event: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    SaveMemberStats {
+        /// Per deployment, every member's counters: they replace the
+        /// deployment's stored rows.
+        deployments: Vec<(String, Vec<StoredMemberStats>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Traffic counters of one model in one deployment (see
+/// `deployment::MemberStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberCounts {
+    pub served: u64,
+    pub mirrored: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub rejected: u64,
+    pub completed: u64,
+}
+
+/// One member's counters as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredMemberStats {
+    pub model: String,
+    pub version: u64,
+    pub counts: MemberCounts,
+    /// The engine-time histogram (JSON, opaque to the store).
+    pub latency: Option<String>,
 }
 
 /// Counters shared with the writer thread.
@@ -335,6 +364,56 @@ impl Store {
             reply,
         })?;
         rx.blocking_recv().map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Replaces the stored traffic counters of each deployment given with
+    /// its members' (one transaction, `synchronous = NORMAL`: a process crash
+    /// loses nothing committed). Waits for the writer, so call it off the
+    /// request path.
+    pub async fn save_member_stats(
+        &self,
+        deployments: Vec<(String, Vec<StoredMemberStats>)>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Control::SaveMemberStats { deployments, reply })?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Every stored member's traffic counters, with its deployment.
+    pub fn member_stats(&self) -> Result<Vec<(String, StoredMemberStats)>, StoreError> {
+        let conn = writer::open(&self.path)?;
+        let err = sqlite_err(&self.path);
+        let mut stmt = conn
+            .prepare(
+                "SELECT deployment, model, version, served, mirrored, dropped, errors, timeouts,
+                        rejected, completed, latency
+                 FROM member_stats ORDER BY deployment, model, version",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    StoredMemberStats {
+                        model: r.get(1)?,
+                        version: r.get(2)?,
+                        counts: MemberCounts {
+                            served: r.get(3)?,
+                            mirrored: r.get(4)?,
+                            dropped: r.get(5)?,
+                            errors: r.get(6)?,
+                            timeouts: r.get(7)?,
+                            rejected: r.get(8)?,
+                            completed: r.get(9)?,
+                        },
+                        latency: r.get(10)?,
+                    },
+                ))
+            })
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        Ok(rows)
     }
 
     /// Every stored drift state (deployment, JSON).

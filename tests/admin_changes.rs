@@ -3,7 +3,9 @@
 //! and change nothing; a version dropped into the repository while the
 //! server runs can be added as a challenger without a restart; a mirrored
 //! copy a challenger could not take (over its own `max_batch_size`) is not
-//! run but counted; the audit trail records the challenger's settings.
+//! run but counted; the audit trail records the challenger's settings and
+//! who added or removed it and why; a challenger removed and added again
+//! counts its traffic afresh.
 
 mod support;
 
@@ -12,7 +14,8 @@ use std::path::Path;
 use serde_json::{Value, json};
 use support::{
     TestServer, assert_error, breast_cancer_features, challenger_of, challenger_stat,
-    classifier_request, expected_classes, i64_data, json_of, models_dir, output, test_config,
+    classifier_request, expected_classes, i64_data, json_of, logged, models_dir, output,
+    test_config,
 };
 
 /// POST a challenger; returns the status and body.
@@ -494,5 +497,134 @@ async fn repository_load_and_unload() {
     assert_error(status, &body, 403, &["cross-origin"]);
     let (status, body) = ts.post_json("/v2/models/dtypes/infer", &dtypes).await;
     assert_eq!(status, 200, "still loaded: {body}");
+    ts.stop().await;
+}
+
+/// DELETE a challenger of breast_cancer; `suffix` is a query string or
+/// empty, `body` an optional JSON body.
+async fn delete_challenger(
+    ts: &TestServer,
+    version: u64,
+    suffix: &str,
+    body: Option<&Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut req = ts.client.delete(ts.url(&format!(
+        "/admin/deployments/breast_cancer/challengers/breast_cancer/{version}{suffix}"
+    )));
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    json_of(req.send().await.expect("DELETE")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenger_changes_record_who_and_why_and_a_readded_challenger_counts_afresh() {
+    let ts = TestServer::start().await;
+    let (status, d) = post_challenger(
+        &ts,
+        &json!({"model": "breast_cancer", "version": 2, "mode": "shadow",
+                "queue_capacity": 1024, "timeout_ms": 60000,
+                "by": "alice", "reason": "try v2 on live traffic"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+    let rows = breast_cancer_features();
+    let n = 10u64;
+    ts.infer_rows("breast_cancer", &rows[..n as usize]).await;
+    ts.wait_deployment("breast_cancer", "v2 answered every copy", |d| {
+        challenger_stat(d, "breast_cancer", 2, "completed") == n
+            && logged(d, "breast_cancer", 2) == n
+    })
+    .await;
+
+    // Malformed notes are refused and change nothing.
+    let (status, v) = post_challenger(
+        &ts,
+        &json!({"model": "breast_cancer", "version": 3, "mode": "shadow", "by": 5}),
+    )
+    .await;
+    assert_error(status, &v, 400, &["by", "string"]);
+    let (status, v) = delete_challenger(&ts, 2, "?who=bob", None).await;
+    assert_error(status, &v, 400, &["who"]);
+    let (status, v) = delete_challenger(&ts, 2, "?by=bob", Some(&json!({"by": "bob"}))).await;
+    assert_error(status, &v, 400, &["not both"]);
+    assert_eq!(
+        challenger_stat(
+            &ts.deployment("breast_cancer").await,
+            "breast_cancer",
+            2,
+            "completed"
+        ),
+        n
+    );
+
+    let (status, d) = delete_challenger(&ts, 2, "?by=bob&reason=too%20slow", None).await;
+    assert_eq!(status, 200, "{d}");
+    assert!(challenger_of(&d, "breast_cancer", 2).is_none(), "{d}");
+
+    // Added again, its traffic counters start from zero; its logged
+    // predictions (and metrics) are the model version's and stay.
+    let (status, d) = post_challenger(
+        &ts,
+        &json!({"model": "breast_cancer", "version": 2, "mode": "shadow"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+    let stats = &challenger_of(&d, "breast_cancer", 2).expect("v2")["stats"];
+    for key in [
+        "served",
+        "mirrored",
+        "dropped",
+        "errors",
+        "timeouts",
+        "rejected",
+        "completed",
+    ] {
+        assert_eq!(stats[key], 0, "{key}: {stats}");
+    }
+    assert_eq!(stats["p99_us"], Value::Null, "{stats}");
+    assert_eq!(logged(&d, "breast_cancer", 2), n, "{d}");
+
+    let (status, d) =
+        delete_challenger(&ts, 2, "", Some(&json!({"by": "carol", "reason": "done"}))).await;
+    assert_eq!(status, 200, "{d}");
+
+    let h = history(&ts).await;
+    let entries: Vec<(&str, &Value, &str)> = h
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().expect("action"),
+                &r["trigger"],
+                r["reason"].as_str().expect("reason"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (
+                "challenger_added",
+                &json!({"kind": "person", "name": "alice"}),
+                "try v2 on live traffic"
+            ),
+            (
+                "challenger_removed",
+                &json!({"kind": "person", "name": "bob"}),
+                "too slow"
+            ),
+            (
+                "challenger_added",
+                &json!({"kind": "person", "name": null}),
+                ""
+            ),
+            (
+                "challenger_removed",
+                &json!({"kind": "person", "name": "carol"}),
+                "done"
+            ),
+        ],
+        "{h:#?}"
+    );
     ts.stop().await;
 }

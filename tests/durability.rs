@@ -4,7 +4,12 @@
 //! stopped with SIGTERM) and started again on the same data directory. Every
 //! label is still there (posting it again answers "duplicate"), every
 //! deployment change is still there, and the admin evaluation (metrics per
-//! model and window, coverage, agreement) is identical to before.
+//! model and window, coverage, agreement) is identical to before — and so
+//! are each member's traffic counters and latency evidence (after SIGKILL,
+//! once the periodic save holds them), which then keep counting.
+//!
+//! A restart with an edited config entry resets the deployment to it and
+//! records what that dropped in the history.
 
 mod support;
 
@@ -18,7 +23,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::{
     TestServer, assert_error, breast_cancer_features, breast_cancer_labels, challenger_of,
-    classifier_request, diabetes_features, diabetes_labels, eval_of, json_of, logged, models_dir,
+    challenger_stat, classifier_request, diabetes_features, diabetes_labels, eval_of, json_of,
+    logged, models_dir,
 };
 
 /// Bound on start-up (the logged address) and on exits.
@@ -136,6 +142,11 @@ impl Drop for Served {
 /// Writes the configuration: breast_cancer (shadow v2) and diabetes, models
 /// loaded on demand, the store in `<dir>/data` (a path relative to the file).
 fn write_config(dir: &Path) -> PathBuf {
+    write_config_with(dir, "")
+}
+
+/// [`write_config`] with `extra` TOML appended.
+fn write_config_with(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("contender.toml");
     let text = format!(
         r#"
@@ -164,6 +175,7 @@ timeout_ms = 60000
 [deployments.diabetes.champion]
 model = "diabetes"
 version = 1
+{extra}
 "#,
         models = models_dir().display().to_string(),
     );
@@ -204,8 +216,82 @@ fn challengers(d: &Value) -> Vec<(u64, String)> {
 /// Every label posted, as it was posted: (deployment, body).
 type Posted = Vec<(&'static str, Value)>;
 
-/// The state that must survive: each deployment's evaluation and
-/// challengers, and the prediction log's row count.
+/// Each member's traffic counters and p99 latency, champion first:
+/// `[model, version, stats]`.
+fn member_stats(d: &Value) -> Vec<Value> {
+    std::iter::once(&d["champion"])
+        .chain(d["challengers"].as_array().expect("challengers"))
+        .map(|m| json!([m["model"], m["version"], m["stats"]]))
+        .collect()
+}
+
+/// The members' counters as the store holds them: `[model, version,
+/// served, mirrored, dropped, errors, timeouts, rejected, completed]`.
+fn stored_counters(db: &Path, deployment: &str) -> Vec<Value> {
+    let conn = rusqlite::Connection::open(db).expect("open the store");
+    let mut stmt = conn
+        .prepare(
+            "SELECT model, version, served, mirrored, dropped, errors, timeouts, rejected, completed
+             FROM member_stats WHERE deployment = ?1 ORDER BY model, version",
+        )
+        .expect("the store has member counters");
+    stmt.query_map([deployment], |r| {
+        let mut row = vec![json!(r.get::<_, String>(0)?)];
+        for i in 1..9 {
+            row.push(json!(r.get::<_, u64>(i)?));
+        }
+        Ok(Value::Array(row))
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
+/// The same counters, from the admin API.
+fn live_counters(d: &Value) -> Vec<Value> {
+    let mut rows: Vec<Value> = member_stats(d)
+        .into_iter()
+        .map(|m| {
+            let s = &m[2];
+            json!([
+                m[0],
+                m[1],
+                s["served"],
+                s["mirrored"],
+                s["dropped"],
+                s["errors"],
+                s["timeouts"],
+                s["rejected"],
+                s["completed"]
+            ])
+        })
+        .collect();
+    rows.sort_by_key(|r| (r[0].as_str().map(str::to_owned), r[1].as_u64()));
+    rows
+}
+
+/// Waits (bounded) until the store holds every member's counters as the
+/// admin API shows them: what a SIGKILL then keeps.
+async fn wait_counters_saved(ts: &TestServer, db: &Path) {
+    for name in ["breast_cancer", "diabetes"] {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let live = live_counters(&ts.deployment(name).await);
+            let stored = tokio::task::block_in_place(|| stored_counters(db, name));
+            if live == stored {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: counters not saved within {TIMEOUT:?}\nlive: {live:?}\nstored: {stored:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The state that must survive: each deployment's evaluation, challengers
+/// and members' traffic counters, and the prediction log's row count.
 async fn durable_view(ts: &TestServer) -> Value {
     let (status, all) = ts.get_json("/admin/deployments").await;
     assert_eq!(status, 200, "{all}");
@@ -219,6 +305,7 @@ async fn durable_view(ts: &TestServer) -> Value {
                 "champion": [d["champion"]["model"], d["champion"]["version"]],
                 "challengers": challengers(d),
                 "evaluation": d["evaluation"],
+                "member_stats": member_stats(d),
                 "prediction_log_rows": all["gateway"]["prediction_log"]["rows"],
             })
         })
@@ -267,6 +354,15 @@ async fn before_the_stop(ts: &TestServer, remove_v2: bool) -> (Posted, Value) {
         logged(d, "diabetes", 1) == diabetes_rows.len() as u64
     })
     .await;
+    // Every mirrored copy is counted as answered.
+    let bc = ts
+        .wait_deployment("breast_cancer", "every mirrored copy is counted", |d| {
+            challenger_stat(d, "breast_cancer", 2, "completed") == n
+                && challenger_stat(d, "breast_cancer", 3, "completed") == later
+        })
+        .await;
+    assert_eq!(bc["champion"]["stats"]["served"], n, "{bc}");
+    assert!(bc["champion"]["stats"]["p99_us"].as_f64().is_some(), "{bc}");
 
     if remove_v2 {
         let r = ts
@@ -378,13 +474,30 @@ async fn sigkill_loses_no_acknowledged_label_or_change() {
         json!([[2, "shadow"], [3, "shadow"]]),
         "{before}"
     );
+    let db = dir.path().join("data").join("contender.db");
+    // Counters are saved every few seconds; what the last save holds survives.
+    wait_counters_saved(&ts, &db).await;
     let status = tokio::task::block_in_place(|| served.stop_with("KILL"));
     assert!(!status.success(), "SIGKILL: {status:?}");
     drop(served);
-    assert!(dir.path().join("data").join("contender.db").is_file());
+    assert!(db.is_file());
 
     let (mut served, ts) = start(&config).await;
     after_the_restart(&ts, &posted, &before).await;
+    // Counting resumes from the restored values.
+    let saved = &before[0]["member_stats"];
+    assert_eq!(saved[1][1], 2, "{saved}");
+    let (served_before, completed_before) = (
+        saved[0][2]["served"].as_u64().expect("served"),
+        saved[1][2]["completed"].as_u64().expect("completed"),
+    );
+    let rows = breast_cancer_features();
+    ts.infer_rows("breast_cancer", &rows[..1]).await;
+    ts.wait_deployment("breast_cancer", "one more request is counted", |d| {
+        d["champion"]["stats"]["served"].as_u64() == Some(served_before + 1)
+            && challenger_stat(d, "breast_cancer", 2, "completed") == completed_before + 1
+    })
+    .await;
     let status = tokio::task::block_in_place(|| served.stop_with("TERM"));
     assert!(status.success(), "{status:?}\n{}", served.stderr.join("\n"));
 }
@@ -402,6 +515,103 @@ async fn a_graceful_restart_keeps_everything() {
 
     let (mut served, ts) = start(&config).await;
     after_the_restart(&ts, &posted, &before).await;
+    let status = tokio::task::block_in_place(|| served.stop_with("TERM"));
+    assert!(status.success(), "{status:?}\n{}", served.stderr.join("\n"));
+}
+
+async fn history(ts: &TestServer, deployment: &str) -> Vec<Value> {
+    let (status, h) = ts
+        .get_json(&format!("/admin/deployments/{deployment}/history"))
+        .await;
+    assert_eq!(status, 200, "{h}");
+    h["history"].as_array().expect("history").clone()
+}
+
+/// `contender --config FILE history DEPLOYMENT --url URL`; its stdout.
+fn history_command(config: &Path, deployment: &str, ts: &TestServer) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_contender"))
+        .current_dir(config.parent().expect("the config's directory"))
+        .env("NO_COLOR", "1")
+        .env_remove("CONTENDER_URL")
+        .arg("--config")
+        .arg(config)
+        .args(["history", deployment, "--url", &ts.base])
+        .stdin(Stdio::null())
+        .output()
+        .expect("contender history runs");
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_config_entry_resets_the_deployment_and_says_what_it_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let (mut served, ts) = start(&config).await;
+    wait_challengers_live(&ts).await;
+    let (status, d) = ts
+        .post_json(
+            "/admin/deployments/breast_cancer/challengers",
+            &json!({"model": "breast_cancer", "version": 3, "mode": "shadow",
+                    "by": "alice", "reason": "try v3"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{d}");
+    let status = tokio::task::block_in_place(|| served.stop_with("TERM"));
+    assert!(status.success(), "{status:?}\n{}", served.stderr.join("\n"));
+    drop(served);
+
+    // Only promotion.min_pairs changes in the breast_cancer entry.
+    let config = write_config_with(
+        dir.path(),
+        "[deployments.breast_cancer.promotion]\nmin_pairs = 123\n",
+    );
+    let (mut served, ts) = start(&config).await;
+    let d = wait_challengers_live(&ts).await;
+    assert_eq!(challengers(&d), [(2, "shadow".to_owned())], "{d}");
+    let h = history(&ts, "breast_cancer").await;
+    let actions: Vec<&str> = h.iter().filter_map(|r| r["action"].as_str()).collect();
+    assert_eq!(actions, ["challenger_added", "config_changed"], "{h:#?}");
+    let r = &h[1];
+    assert_eq!(r["trigger"], json!({"kind": "config"}), "{r}");
+    assert_eq!(r["changes"]["config_keys"], json!(["promotion.min_pairs"]));
+    assert_eq!(
+        r["changes"]["challengers_dropped"],
+        json!([{"challenger": h[0]["challenger"], "added_at_run_time": true}]),
+        "{r}"
+    );
+    let reason = r["reason"].as_str().expect("reason");
+    for needle in [
+        "promotion.min_pairs",
+        "challenger breast_cancer@3 dropped (added at run time)",
+    ] {
+        assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+    }
+    // The state it replaced: champion v1 with challengers v2 and v3.
+    assert_eq!(r["config"]["challengers"].as_array().map(Vec::len), Some(2));
+    // The unchanged deployment records nothing.
+    assert!(history(&ts, "diabetes").await.is_empty());
+    // `contender history` shows it.
+    let text = tokio::task::block_in_place(|| history_command(&config, "breast_cancer", &ts));
+    let line = text
+        .lines()
+        .find(|l| l.contains("config_changed"))
+        .unwrap_or_else(|| panic!("no config_changed line:\n{text}"));
+    assert!(line.contains("config"), "{line}");
+    assert!(line.contains("breast_cancer@3 dropped"), "{line}");
+    let status = tokio::task::block_in_place(|| served.stop_with("TERM"));
+    assert!(status.success(), "{status:?}\n{}", served.stderr.join("\n"));
+    drop(served);
+
+    // The same config again: nothing is reset, nothing recorded.
+    let (mut served, ts) = start(&config).await;
+    wait_challengers_live(&ts).await;
+    assert_eq!(history(&ts, "breast_cancer").await, h);
     let status = tokio::task::block_in_place(|| served.stop_with("TERM"));
     assert!(status.success(), "{status:?}\n{}", served.stderr.join("\n"));
 }

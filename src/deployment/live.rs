@@ -12,9 +12,12 @@ use super::LoadedModel;
 use crate::config::{ChallengerConfig, ChallengerMode, ModelRef, RoutingConfig};
 use crate::protocol::{TensorSpec, shape_string};
 use crate::runtime::{ExecutionPlan, Runner, SpawnError, WorkerOptions};
-use crate::store::Role;
+use crate::store::{MemberCounts, Role};
 
-/// Operational counters of one model in one deployment (kept across live-set changes).
+/// Operational counters of one model in one deployment: kept across
+/// live-set changes while the model is a member (champion or challenger),
+/// saved to the store every few seconds and restored at start (see
+/// `deployment::counters`); dropped when it leaves the deployment.
 #[derive(Default, Debug)]
 pub struct MemberStats {
     /// Requests answered live.
@@ -32,8 +35,13 @@ pub struct MemberStats {
     pub rejected: AtomicU64,
     /// Mirrored requests answered in time.
     pub completed: AtomicU64,
-    /// Engine time per request (µs), for the latency guardrail.
+    /// Engine time per request (µs), for the latency guardrail; like the
+    /// counters, since the model joined the deployment (restored at start).
     latency: Mutex<Option<Histogram<u64>>>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
 }
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq)]
@@ -58,10 +66,67 @@ impl MemberStats {
             .unwrap_or(u64::MAX)
             .clamp(1, 60_000_000);
         let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        let h = h.get_or_insert_with(|| {
-            Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
-        });
+        let h = h.get_or_insert_with(new_histogram);
         let _ = h.record(us);
+    }
+
+    /// Counters as saved, and the engine-time histogram's non-empty buckets
+    /// (`(µs, count)`), restored.
+    pub fn restored(c: MemberCounts, latency: &[(u64, u64)]) -> MemberStats {
+        let histogram = (!latency.is_empty()).then(|| {
+            let mut h = new_histogram();
+            for &(us, n) in latency {
+                let _ = h.record_n(us.clamp(1, 60_000_000), n);
+            }
+            h
+        });
+        MemberStats {
+            served: AtomicU64::new(c.served),
+            mirrored: AtomicU64::new(c.mirrored),
+            dropped: AtomicU64::new(c.dropped),
+            errors: AtomicU64::new(c.errors),
+            timeouts: AtomicU64::new(c.timeouts),
+            rejected: AtomicU64::new(c.rejected),
+            completed: AtomicU64::new(c.completed),
+            latency: Mutex::new(histogram),
+        }
+    }
+
+    /// The counters now.
+    pub fn counts(&self) -> MemberCounts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MemberCounts {
+            served: get(&self.served),
+            mirrored: get(&self.mirrored),
+            dropped: get(&self.dropped),
+            errors: get(&self.errors),
+            timeouts: get(&self.timeouts),
+            rejected: get(&self.rejected),
+            completed: get(&self.completed),
+        }
+    }
+
+    /// Latency samples recorded so far.
+    pub fn latency_samples(&self) -> u64 {
+        let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        h.as_ref().map_or(0, Histogram::len)
+    }
+
+    /// The engine-time histogram's non-empty buckets, `(µs, count)`, each
+    /// bucket named by its highest equivalent value (recording it again
+    /// lands in the same bucket). The histogram is copied under its lock
+    /// (a few KiB) and read outside it.
+    pub fn latency_buckets(&self) -> Vec<(u64, u64)> {
+        let h = {
+            let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+            h.clone()
+        };
+        h.map(|h| {
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// p99 engine time in µs, once there are enough samples.
@@ -73,15 +138,15 @@ impl MemberStats {
     }
 
     pub fn snapshot(&self) -> MemberStatsSnapshot {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = self.counts();
         MemberStatsSnapshot {
-            served: get(&self.served),
-            mirrored: get(&self.mirrored),
-            dropped: get(&self.dropped),
-            errors: get(&self.errors),
-            timeouts: get(&self.timeouts),
-            rejected: get(&self.rejected),
-            completed: get(&self.completed),
+            served: c.served,
+            mirrored: c.mirrored,
+            dropped: c.dropped,
+            errors: c.errors,
+            timeouts: c.timeouts,
+            rejected: c.rejected,
+            completed: c.completed,
             p99_us: self.p99_us(),
         }
     }
@@ -209,4 +274,41 @@ pub fn compatible(champion: &[TensorSpec], challenger: &[TensorSpec]) -> Result<
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_counters_and_latency_restore_to_the_same_evidence() {
+        let stats = MemberStats::default();
+        for i in 0..500u64 {
+            stats.record_latency(std::time::Duration::from_micros(100 + i * 37));
+        }
+        stats.record_latency(std::time::Duration::from_secs(30));
+        stats.served.fetch_add(501, Ordering::Relaxed);
+        stats.mirrored.fetch_add(7, Ordering::Relaxed);
+        stats.errors.fetch_add(2, Ordering::Relaxed);
+        stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        stats.dropped.fetch_add(3, Ordering::Relaxed);
+        stats.rejected.fetch_add(4, Ordering::Relaxed);
+        stats.completed.fetch_add(4, Ordering::Relaxed);
+
+        let restored = MemberStats::restored(stats.counts(), &stats.latency_buckets());
+        assert_eq!(restored.snapshot(), stats.snapshot());
+        assert_eq!(restored.latency_samples(), 501);
+        assert_eq!(restored.latency_buckets(), stats.latency_buckets());
+        // Counting resumes from the restored values.
+        restored.served.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(restored.counts().served, 502);
+    }
+
+    #[test]
+    fn nothing_recorded_restores_to_no_latency() {
+        let restored = MemberStats::restored(MemberCounts::default(), &[]);
+        assert_eq!(restored.latency_samples(), 0);
+        assert_eq!(restored.p99_us(), None);
+        assert!(restored.latency_buckets().is_empty());
+    }
 }

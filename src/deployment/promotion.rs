@@ -29,13 +29,25 @@ pub enum Trigger {
     Policy,
     /// A person, through the admin API or the CLI (optionally named).
     Person(Option<String>),
+    /// The configuration file, at start: its entry for the deployment
+    /// replaced the stored state.
+    Config,
+}
+
+/// Who asked for a challenger change and why (both optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeNote {
+    pub by: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// One entry of the audit trail.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HistoryRecord {
     /// `promotion`, `rollback`, `promotion_refused`, `challenger_added`,
-    /// `challenger_removed`, `previous_champion_retired`.
+    /// `challenger_removed`, `previous_champion_retired`, `config_changed`,
+    /// `state_reset`.
     pub action: String,
     pub trigger: Trigger,
     pub from: Option<ModelRef>,
@@ -49,6 +61,11 @@ pub struct HistoryRecord {
     /// (mode, fraction, workers, queue, timeout) added or removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenger: Option<ChallengerConfig>,
+    /// `config_changed`/`state_reset`: what replacing the stored state with
+    /// the config entry changed (config keys, challengers dropped or added,
+    /// champion, promotion bookkeeping dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Value>,
 }
 
 fn metric_name(m: crate::evaluation::metrics::MetricKind) -> String {
@@ -111,6 +128,9 @@ impl Gateway {
     }
 
     /// Checks the guardrails for promoting `c`'s challenger; the reason when one fails.
+    /// The error rate and both p99s come from the members' counters and
+    /// histograms since each joined the deployment, restored across
+    /// restarts (see `counters`), like the paired comparison itself.
     pub fn guardrails(
         &self,
         d: &Deployment,
@@ -308,6 +328,7 @@ impl Gateway {
             evidence: serde_json::to_value(c).ok(),
             config: state.clone(),
             challenger: None,
+            changes: None,
         };
         if let Err(e) = self
             .apply_with(d, state.clone(), runtime, Some(&record))
@@ -370,6 +391,7 @@ impl Gateway {
             evidence,
             config: old,
             challenger: None,
+            changes: None,
         };
         let state = self.apply_with(d, state, runtime, Some(&record)).await?;
         tracing::info!(deployment = name, from = %previous, to = %target, "promoted");
@@ -426,6 +448,7 @@ impl Gateway {
             evidence,
             config: old,
             challenger: None,
+            changes: None,
         };
         let state = self.apply_with(d, state, runtime, Some(&record)).await?;
         tracing::warn!(deployment = name, from = %demoted, to = %target, "rolled back");
@@ -469,6 +492,7 @@ impl Gateway {
                 evidence: None,
                 config: old,
                 challenger: None,
+                changes: None,
             };
             if let Err(e) = self.apply_with(d, state, runtime, Some(&record)).await {
                 tracing::error!(deployment = %d.name, error = %e, "cannot retire the previous champion");
@@ -506,12 +530,11 @@ fn shadow_of(r: &ModelRef) -> ChallengerConfig {
     }
 }
 
-/// A record for a challenger change made by a person.
-/// The audit record of a challenger added (`to`) or removed (`from`), with
-/// its settings.
+/// The audit record of a challenger added (`to`) or removed (`from`) by a
+/// person, with its settings, who asked and why.
 pub fn challenger_change(
     action: &str,
-    who: Option<String>,
+    note: ChangeNote,
     challenger: &ChallengerConfig,
     config: &DeploymentConfig,
 ) -> HistoryRecord {
@@ -519,12 +542,13 @@ pub fn challenger_change(
     let added = action == "challenger_added";
     HistoryRecord {
         action: action.into(),
-        trigger: Trigger::Person(who),
+        trigger: Trigger::Person(note.by),
         from: if added { None } else { model.clone() },
         to: if added { model } else { None },
-        reason: String::new(),
+        reason: note.reason.unwrap_or_default(),
         evidence: None,
         config: config.clone(),
         challenger: Some(challenger.clone()),
+        changes: None,
     }
 }

@@ -8,9 +8,11 @@
 //!   shares (the prediction log's counters)
 //! - `POST /admin/deployments/{name}/challengers` — add a challenger
 //!   (`{"model", "version", "mode": "shadow"|"canary", "fraction", "workers",
-//!   "queue_capacity", "timeout_ms", "low_priority"}`); it is loaded, validated and warmed
-//!   before it takes traffic, and a failure changes nothing
-//! - `DELETE /admin/deployments/{name}/challengers/{model}/{version}`
+//!   "queue_capacity", "timeout_ms", "low_priority", "by"?, "reason"?}`); it is
+//!   loaded, validated and warmed before it takes traffic, and a failure
+//!   changes nothing
+//! - `DELETE /admin/deployments/{name}/challengers/{model}/{version}` —
+//!   `?by=…&reason=…` or a JSON body `{"by"?, "reason"?}`
 //! - `POST /admin/deployments/{name}/promote` — `{"model", "version"?, "by"?,
 //!   "reason"?}`: a challenger becomes the champion (atomic swap)
 //! - `POST /admin/deployments/{name}/rollback` — `{"by"?, "reason"?}`
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
@@ -30,7 +32,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::config::{ChallengerConfig, ModelRef};
-use crate::deployment::promotion::Trigger;
+use crate::deployment::promotion::{ChangeNote, Trigger};
 use crate::deployment::{ChangeError, Deployment, Gateway, Member};
 use crate::protocol::{ApiError, ErrorKind};
 
@@ -153,34 +155,84 @@ pub fn change_error(e: ChangeError) -> ApiError {
     }
 }
 
+/// A `by` or `reason` field: a string (empty = not given) or null.
+fn note_field(v: Option<Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s).filter(|s| !s.is_empty())),
+        Some(other) => Err(ApiError::invalid(format!(
+            "malformed challenger: '{key}' must be a string, not {other}"
+        ))),
+    }
+}
+
 pub async fn add_challenger(
     State(s): Shared,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     find(&s.gateway, &name)?;
-    let c: ChallengerConfig = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("malformed challenger: {e}")))?;
+    let malformed = |e: serde_json::Error| ApiError::invalid(format!("malformed challenger: {e}"));
+    // `by` and `reason` are about the change; the rest is the challenger.
+    let mut fields = match serde_json::from_slice::<Value>(&body).map_err(malformed)? {
+        Value::Object(fields) => fields,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "malformed challenger: expected an object, not {other}"
+            )));
+        }
+    };
+    let note = ChangeNote {
+        by: note_field(fields.remove("by"), "by")?,
+        reason: note_field(fields.remove("reason"), "reason")?,
+    };
+    let c: ChallengerConfig = serde_json::from_value(Value::Object(fields)).map_err(malformed)?;
     c.validate("challenger")
         .map_err(|e| ApiError::invalid(format!("{}: {}", e.key, e.reason)))?;
     s.gateway
-        .add_challenger(&name, c)
+        .add_challenger(&name, c, note)
         .await
         .map_err(change_error)?;
     let d = find(&s.gateway, &name)?;
     Ok((StatusCode::CREATED, Json(deployment_json(&s.gateway, d))).into_response())
 }
 
+/// Who removes a challenger and why: `?by=…&reason=…`, or a JSON body
+/// `{"by"?, "reason"?}` (not both).
+fn removal_note(uri: &http::Uri, body: &[u8]) -> Result<ChangeNote, ApiError> {
+    let query = Query::<ChangeNote>::try_from_uri(uri)
+        .map_err(|e| ApiError::invalid(format!("malformed query: {}", e.body_text())))?
+        .0;
+    let note = if body.iter().all(u8::is_ascii_whitespace) {
+        query
+    } else {
+        if query != ChangeNote::default() {
+            return Err(ApiError::invalid(
+                "give 'by' and 'reason' in the query or in the body, not both",
+            ));
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("malformed removal: {e}")))?
+    };
+    Ok(ChangeNote {
+        by: note.by.filter(|s| !s.is_empty()),
+        reason: note.reason.filter(|s| !s.is_empty()),
+    })
+}
+
 pub async fn remove_challenger(
     State(s): Shared,
     Path((name, model, version)): Path<(String, String, String)>,
+    uri: http::Uri,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     find(&s.gateway, &name)?;
     let version: u64 = version
         .parse()
         .map_err(|_| ApiError::invalid(format!("version {version:?} is not a positive integer")))?;
+    let note = removal_note(&uri, &body)?;
     s.gateway
-        .remove_challenger(&name, &ModelRef { model, version })
+        .remove_challenger(&name, &ModelRef { model, version }, note)
         .await
         .map_err(change_error)?;
     let d = find(&s.gateway, &name)?;

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
     Control, FeedbackItem, FeedbackResult, FeedbackStatus, PredictionRecord, Role, StoreCounters,
-    StoreError, StoreSettings, parse_outcome, sqlite_err,
+    StoreError, StoreSettings, StoredMemberStats, parse_outcome, sqlite_err,
 };
 use crate::evaluation::metrics::MetricsState;
 use crate::evaluation::prediction::{Label, Prediction};
@@ -55,6 +55,12 @@ CREATE INDEX IF NOT EXISTS history_deployment ON history (deployment, seq);
 CREATE TABLE IF NOT EXISTS drift (deployment TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS drift_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, deployment TEXT NOT NULL, at_ms INTEGER NOT NULL, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS member_stats (
+    deployment TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
+    served INTEGER NOT NULL, mirrored INTEGER NOT NULL, dropped INTEGER NOT NULL,
+    errors INTEGER NOT NULL, timeouts INTEGER NOT NULL, rejected INTEGER NOT NULL,
+    completed INTEGER NOT NULL, latency TEXT,
+    PRIMARY KEY (deployment, model, version)) WITHOUT ROWID;
 ";
 
 /// Opens a connection with contender's settings and schema.
@@ -526,7 +532,56 @@ impl Writer {
             } => {
                 let _ = reply.send(self.save_drift(&deployment, &state, event.as_deref()));
             }
+            Control::SaveMemberStats { deployments, reply } => {
+                let _ = reply.send(self.save_member_stats(&deployments));
+            }
         }
+    }
+
+    /// Replaces each deployment's stored member counters, in one
+    /// transaction. Counters are saved every few seconds, so NORMAL suffices:
+    /// a process crash loses nothing committed.
+    fn save_member_stats(
+        &mut self,
+        deployments: &[(String, Vec<StoredMemberStats>)],
+    ) -> Result<(), StoreError> {
+        self.synchronous(Sync::Normal)?;
+        let err = sqlite_err(&self.path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut clear = tx
+                .prepare_cached("DELETE FROM member_stats WHERE deployment = ?1")
+                .map_err(&err)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO member_stats (deployment, model, version, served, mirrored, dropped,
+                       errors, timeouts, rejected, completed, latency)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(&err)?;
+            for (deployment, members) in deployments {
+                clear.execute(params![deployment]).map_err(&err)?;
+                for m in members {
+                    let c = &m.counts;
+                    insert
+                        .execute(params![
+                            deployment,
+                            m.model,
+                            m.version,
+                            c.served,
+                            c.mirrored,
+                            c.dropped,
+                            c.errors,
+                            c.timeouts,
+                            c.rejected,
+                            c.completed,
+                            m.latency,
+                        ])
+                        .map_err(&err)?;
+                }
+            }
+        }
+        tx.commit().map_err(&err)
     }
 
     fn save_drift(

@@ -85,6 +85,18 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     pub drain_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers, counted from when
+    /// the connection is ready for the next request: a connection that sends
+    /// nothing for this long (a slow client, or an idle keep-alive
+    /// connection) is closed. Keep it above a load balancer's idle timeout
+    /// (60 s on AWS ALB), or the balancer may send on a closed connection.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body once its headers
+    /// are in; a slower body gets 408.
+    pub body_read_timeout_secs: u64,
+    /// Most open client connections; further ones wait in the listen
+    /// backlog until one closes (the process's open-file limit stays clear).
+    pub max_connections: usize,
     /// Bearer token the admin API (`/admin/...`) requires. Without one, the
     /// admin API answers only clients on this machine (loopback).
     /// Better set through `CONTENDER_SERVER__ADMIN_TOKEN` than in a file.
@@ -99,6 +111,9 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_body_bytes: 16 * 1024 * 1024,
             drain_timeout_secs: 30,
+            header_read_timeout_secs: 75,
+            body_read_timeout_secs: 60,
+            max_connections: 10_000,
             admin_token: None,
             inference_token: None,
         }
@@ -894,6 +909,21 @@ impl Config {
                 "server.max_body_bytes",
                 "must be greater than 0",
             ));
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
         }
         if !(self.runtime.inline_budget_us >= 0.0 && self.runtime.inline_budget_us.is_finite()) {
             return Err(ConfigError::new(

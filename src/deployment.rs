@@ -697,9 +697,9 @@ impl Gateway {
     }
 
     /// Triton's repository `unload`: frees every loaded version of `name`
-    /// that no deployment uses (its state becomes UNAVAILABLE, "unloaded";
-    /// requests already running finish). A version a deployment uses (as
-    /// champion or challenger) is refused: change the deployment first.
+    /// (its state becomes UNAVAILABLE, "unloaded"; requests already running
+    /// finish). Refused while a deployment uses any version of it (as
+    /// champion or challenger): change the deployment first.
     /// Returns the versions unloaded.
     pub async fn unload_repository_model(&self, name: &str) -> Result<Vec<u64>, ChangeError> {
         if self.state_versions(name).is_empty() {

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod body;
+mod extract;
 mod feedback;
 mod infer;
 mod v2;
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -124,7 +124,6 @@ async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
 pub struct Server {
     listener: TcpListener,
     state: Arc<AppState>,
-    drain_timeout: Duration,
 }
 
 impl Server {
@@ -132,7 +131,6 @@ impl Server {
     /// once [`Server::run`] starts; liveness answers meanwhile, readiness waits.
     pub async fn bind(config: Config) -> Result<Server, BindError> {
         let addr = config.server.http_addr;
-        let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);
         crate::runtime::onnx::init(&config.runtime.onnxruntime_library())?;
         let gateway = Arc::new(Gateway::new(config)?);
         let listener = TcpListener::bind(addr)
@@ -142,11 +140,7 @@ impl Server {
             gateway,
             prometheus: telemetry::install(),
         });
-        Ok(Server {
-            listener,
-            state,
-            drain_timeout,
-        })
+        Ok(Server { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -161,60 +155,103 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish
     /// for at most the drain timeout.
+    ///
+    /// Connections are served by hyper directly (not `axum::serve`, which
+    /// sets no timeouts): a client that does not send a request's headers
+    /// within `server.header_read_timeout_secs` of the connection being ready
+    /// for one — a slow client, a connection that sends nothing, an idle
+    /// keep-alive connection — is closed, and at most
+    /// `server.max_connections` connections are open at once (further ones
+    /// wait in the listen backlog), so idle sockets cannot hold the process
+    /// at its open-file limit.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let gateway = Arc::clone(&self.state.gateway);
         let gateway_for_flush = Arc::clone(&gateway);
+        let server = gateway.config().server.clone();
         let policy = tokio::spawn(Arc::clone(&gateway).run_policy());
         let notifier = tokio::spawn(Arc::clone(&gateway).run_notifier());
-        let stats_saver = tokio::spawn(Arc::clone(&gateway).run_stats_saver());
         let loading = tokio::spawn(async move { gateway.load().await });
-        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining in-flight requests");
-            let _ = drain_tx.send(());
-        };
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(
-            listener,
-            app(self.state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal);
-        let serve = tokio::spawn(async move { serve.await });
-        let drain_timeout = self.drain_timeout;
-        let result = tokio::select! {
-            r = serve => r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            () = async move {
-                if drain_rx.await.is_ok() {
-                    tokio::time::sleep(drain_timeout).await;
-                } else {
-                    std::future::pending::<()>().await;
+        let router = app(self.state);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(server.header_read_timeout_secs))
+            .keep_alive(true);
+        let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&connections).acquire_owned() => {
+                    p.expect("the connection semaphore is never closed")
                 }
-            } => {
-                tracing::warn!(timeout_secs = drain_timeout.as_secs(), "drain timeout reached; closing remaining connections");
-                Ok(())
-            }
-        };
+                () = &mut shutdown => break,
+            };
+            let (tcp, remote) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let service = hyper_util::service::TowerToHyperService::new(
+                tower::ServiceBuilder::new()
+                    .layer(axum::Extension(axum::extract::ConnectInfo(remote)))
+                    .service(router.clone()),
+            );
+            let conn =
+                graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(client = %remote, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        // No new connections; idle ones close now, busy ones after their
+        // current request.
+        drop(self.listener);
+        let drain_timeout = Duration::from_secs(server.drain_timeout_secs);
+        if tokio::time::timeout(drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout_secs = drain_timeout.as_secs(),
+                "drain timeout reached; closing remaining connections"
+            );
+        }
         loading.abort();
         policy.abort();
         notifier.abort();
-        stats_saver.abort();
-        // Every member's traffic counters are saved before exit, so a clean
-        // restart resumes them exactly.
-        if let Err(e) = gateway_for_flush.save_member_stats().await {
-            tracing::warn!(error = %e, "could not save the members' traffic counters");
-        }
         // Predictions still queued for the log are written before exit.
         if let Err(e) = gateway_for_flush.store().flush().await {
             tracing::warn!(error = %e, "could not flush the prediction log");
         }
-        result
+        Ok(())
     }
+}
+
+/// An `accept` that failed. A failure of one connection (reset before it
+/// was accepted) is nothing; any other, such as the open-file limit, is
+/// logged and accepting pauses for a second, as hyper and axum do.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -422,9 +422,11 @@ async fn repository_load_and_unload() {
     ]});
     let (status, body) = ts.post_json("/v2/models/dtypes/infer", &dtypes).await;
     assert_eq!(status, 200, "{body}");
+    // As `tritonclient`'s unload_model() sends it.
     let r = ts
         .client
         .post(ts.url("/v2/repository/models/dtypes/unload"))
+        .json(&json!({"parameters": {"unload_dependents": false}}))
         .send()
         .await
         .expect("unload");

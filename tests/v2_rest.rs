@@ -1001,3 +1001,27 @@ async fn classification_extension_returns_the_top_classes() {
     assert_error(status, &body, 400, &["y_bool", "BOOL", "classification"]);
     s.stop().await;
 }
+
+/// Errors from the URL itself are V2 error bodies too, and a long unknown
+/// name is not echoed back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_errors_are_v2_errors() {
+    let s = TestServer::start().await;
+    for path in ["/v2/models/%ff", "/v2/models/%ff/versions/1/ready"] {
+        let (status, body) = s.get_json(path).await;
+        assert_error(status, &body, 400, &["UTF-8"]);
+    }
+    let (status, body) = s.post_json("/v2/models/%ff/infer", &one_row()).await;
+    assert_error(status, &body, 400, &["UTF-8"]);
+    let long = "a".repeat(60_000);
+    let (status, body) = s
+        .post_json(&format!("/v2/models/{long}/infer"), &one_row())
+        .await;
+    assert_error(status, &body, 404, &["unknown model", "60000 bytes"]);
+    assert!(
+        body.to_string().len() < 1_000,
+        "{} bytes",
+        body.to_string().len()
+    );
+    s.stop().await;
+}

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     NotFound,
     /// Body over the configured size limit.
     PayloadTooLarge,
+    /// The body did not arrive within the configured time.
+    RequestTimeout,
     /// Verb not served on this route.
     MethodNotAllowed,
     /// The request contradicts stored state (e.g. a different label).
@@ -42,6 +44,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Gone => "gone",
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Gone => StatusCode::GONE,

@@ -51,11 +51,16 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
 /// of microseconds); larger ones on the blocking pool.
 const INLINE_INFLATE_BYTES: usize = 16 * 1024;
 
-/// Reads the whole body, refusing more than `limit` bytes, and inflates a
-/// gzip or deflate body (`Content-Encoding`, as `tritonclient`'s
-/// `request_compression_algorithm` sends it); `limit` holds for the
-/// compressed body and again for the inflated one.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body within `timeout`, refusing more than `limit` bytes,
+/// and inflates a gzip or deflate body (`Content-Encoding`, as
+/// `tritonclient`'s `request_compression_algorithm` sends it); `limit` holds
+/// for the compressed body and again for the inflated one.
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let encoding = encoding(headers)?;
     if let Some(len) = headers
         .get(http::header::CONTENT_LENGTH)
@@ -65,7 +70,19 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     {
         return Err(too_large(limit));
     }
-    let bytes = match Limited::new(body, limit).collect().await {
+    let collected = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(c) => c,
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s (server.body_read_timeout_secs)",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+    };
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(too_large(limit)),
         Err(e) => {

@@ -52,7 +52,14 @@ pub async fn feedback(
             "unknown deployment '{name}' (feedback goes to a deployment)"
         ))
     })?;
-    let bytes = body::read(&headers, body, g.config().server.max_body_bytes).await?;
+    let server = &g.config().server;
+    let bytes = body::read(
+        &headers,
+        body,
+        server.max_body_bytes,
+        std::time::Duration::from_secs(server.body_read_timeout_secs),
+    )
+    .await?;
     let doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
     let (single, raw) = match doc {

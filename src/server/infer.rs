@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Map, Value};
 
+use super::extract::V2Path;
 use super::v2::{REQUEST_ID_HEADER, resolve};
 use super::{AppState, body};
 use crate::deployment::{Deployment, LiveSet, LoadedModel, Member};
@@ -27,7 +28,7 @@ type Shared = State<Arc<AppState>>;
 
 pub async fn infer(
     State(s): Shared,
-    Path(name): Path<String>,
+    V2Path(name): V2Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -47,7 +48,7 @@ pub async fn infer(
 
 pub async fn infer_v(
     State(s): Shared,
-    Path((name, version)): Path<(String, String)>,
+    V2Path((name, version)): V2Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -72,8 +73,14 @@ async fn prepare(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Prepared, ApiError> {
-    let limit = s.gateway.config().server.max_body_bytes;
-    let bytes = body::read(headers, body, limit).await?;
+    let server = &s.gateway.config().server;
+    let bytes = body::read(
+        headers,
+        body,
+        server.max_body_bytes,
+        Duration::from_secs(server.body_read_timeout_secs),
+    )
+    .await?;
     let json_len = body::json_header_length(headers)?;
     let decode_started = Instant::now();
     let request = rest::decode_request(&bytes, json_len)?;

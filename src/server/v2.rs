@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::extract::V2Path;
 use crate::deployment::{Gateway, LoadedModel, ModelState};
 use crate::protocol::{ApiError, ErrorKind, TensorSpec};
 
@@ -112,7 +113,17 @@ pub(super) fn resolve(
 }
 
 fn unknown(name: &str) -> ApiError {
-    ApiError::not_found(format!("unknown model or deployment '{name}'"))
+    ApiError::not_found(format!("unknown model or deployment '{}'", shown(name)))
+}
+
+/// A name from the request as an error message repeats it: at most 200
+/// characters (a 60,000-character name is not echoed back whole).
+pub(super) fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    match name.char_indices().nth(MAX) {
+        None => name.into(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()).into(),
+    }
 }
 
 fn tensor_json(specs: &[TensorSpec]) -> Value {
@@ -163,14 +174,14 @@ fn metadata(g: &Gateway, name: &str, version: Option<&str>) -> Result<Json<Value
 
 pub async fn model_metadata(
     State(s): Shared,
-    Path(name): Path<String>,
+    V2Path(name): V2Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     metadata(&s.gateway, &name, None)
 }
 
 pub async fn model_metadata_v(
     State(s): Shared,
-    Path((name, version)): Path<(String, String)>,
+    V2Path((name, version)): V2Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     metadata(&s.gateway, &name, Some(&version))
 }
@@ -187,13 +198,13 @@ fn model_ready_impl(g: &Gateway, name: &str, version: Option<&str>) -> Response 
     }
 }
 
-pub async fn model_ready(State(s): Shared, Path(name): Path<String>) -> Response {
+pub async fn model_ready(State(s): Shared, V2Path(name): V2Path<String>) -> Response {
     model_ready_impl(&s.gateway, &name, None)
 }
 
 pub async fn model_ready_v(
     State(s): Shared,
-    Path((name, version)): Path<(String, String)>,
+    V2Path((name, version)): V2Path<(String, String)>,
 ) -> Response {
     model_ready_impl(&s.gateway, &name, Some(&version))
 }
@@ -246,14 +257,14 @@ fn config_impl(g: &Gateway, name: &str, version: Option<&str>) -> Result<Json<Va
 
 pub async fn model_config(
     State(s): Shared,
-    Path(name): Path<String>,
+    V2Path(name): V2Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     config_impl(&s.gateway, &name, None)
 }
 
 pub async fn model_config_v(
     State(s): Shared,
-    Path((name, version)): Path<(String, String)>,
+    V2Path((name, version)): V2Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     config_impl(&s.gateway, &name, Some(&version))
 }
@@ -283,7 +294,7 @@ pub async fn all_stats(State(s): Shared) -> Json<Value> {
 
 pub async fn model_stats(
     State(s): Shared,
-    Path(name): Path<String>,
+    V2Path(name): V2Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let g = &s.gateway;
     if g.repository().contains_model(&name) {
@@ -295,15 +306,16 @@ pub async fn model_stats(
 
 pub async fn model_stats_v(
     State(s): Shared,
-    Path((name, version)): Path<(String, String)>,
+    V2Path((name, version)): V2Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (_, m) = resolve(&s.gateway, &name, Some(&version))?;
     Ok(stats_json([m]))
 }
 
 /// The body of a repository load or unload: empty, or an object whose
-/// `parameters` contender does not take (Triton's `config` and `file:`
-/// overrides, `unload_dependents`) — those are refused, not ignored.
+/// `parameters` contender takes: `unload_dependents` (which `tritonclient`
+/// always sends; contender has no ensembles, so nothing depends on a model).
+/// Triton's `config` and `file:` overrides are refused, not ignored.
 fn load_request(body: &Bytes) -> Result<(), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
@@ -312,14 +324,24 @@ fn load_request(body: &Bytes) -> Result<(), ApiError> {
         .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
     match v.get("parameters") {
         None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(p)) if p.is_empty() => Ok(()),
-        Some(Value::Object(p)) => Err(ApiError::new(
-            ErrorKind::Unsupported,
-            format!(
-                "load/unload parameters are not supported ({}): contender loads the model as the repository has it",
-                p.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        )),
+        Some(Value::Object(p)) => {
+            let unsupported: Vec<&str> = p
+                .iter()
+                .filter(|(k, v)| !(k.as_str() == "unload_dependents" && v.is_boolean()))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            if unsupported.is_empty() {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "load/unload parameters are not supported ({}): contender loads the model as the repository has it",
+                        unsupported.join(", ")
+                    ),
+                ))
+            }
+        }
         Some(_) => Err(ApiError::invalid("'parameters' must be an object")),
     }
 }
@@ -329,7 +351,7 @@ fn load_request(body: &Bytes) -> Result<(), ApiError> {
 /// of `name` not loaded yet. Admin access, like every change.
 pub async fn repository_load(
     State(s): Shared,
-    Path(name): Path<String>,
+    V2Path(name): V2Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     load_request(&body)?;
@@ -344,10 +366,10 @@ pub async fn repository_load(
 }
 
 /// `POST /v2/repository/models/{name}/unload`: frees the loaded versions of
-/// `name` that no deployment uses; a version a deployment uses is refused.
+/// `name`; refused while a deployment uses any of them.
 pub async fn repository_unload(
     State(s): Shared,
-    Path(name): Path<String>,
+    V2Path(name): V2Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     load_request(&body)?;

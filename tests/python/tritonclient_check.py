@@ -196,6 +196,19 @@ def run(url):
         f"repository index: {index}",
     )
 
+    # Repository load/unload of a model no deployment uses (`dtypes`).
+    client.unload_model("dtypes")
+    check(client.is_model_ready("dtypes") is False, "dtypes ready after unload_model")
+    client.load_model("dtypes")
+    check(client.is_model_ready("dtypes") is True, "dtypes not ready after load_model")
+    try:
+        client.unload_model("breast_cancer")
+    except InferenceServerException as e:
+        check(e.status() == "400", f"unloading a deployed model: status {e.status()} ({e})")
+        check("deployment" in e.message(), f"unloading a deployed model: {e.message()!r}")
+    else:
+        raise AssertionError("unloading a deployed model: no exception")
+
     # Errors come back as InferenceServerException with the HTTP status.
     bad = httpclient.InferInput("input", [1, 29], "FP32")
     bad.set_data_from_numpy(np.zeros((1, 29), dtype=np.float32))

@@ -1025,3 +1025,63 @@ async fn url_errors_are_v2_errors() {
     );
     s.stop().await;
 }
+
+/// Responses are compressed as `Accept-Encoding` asks (gzip, else deflate)
+/// when they are large enough to gain from it, binary ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_compressed_on_request() {
+    use std::io::Read;
+    let s = TestServer::start().await;
+    let infer = "/v2/models/breast_cancer/infer";
+    let rows = breast_cancer_features();
+    let big = classifier_request(&rows[..32]);
+    let plain = {
+        let (status, body) = s.post_json(infer, &big).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let send = |accept: &'static str, req: Value| {
+        s.client
+            .post(s.url(infer))
+            .header("accept-encoding", accept)
+            .json(&req)
+            .send()
+    };
+    for (accept, expected) in [
+        ("gzip", Some("gzip")),
+        ("br, gzip;q=0.8", Some("gzip")),
+        ("deflate", Some("deflate")),
+        ("gzip;q=0, deflate", Some("deflate")),
+        ("gzip;q=0", None),
+        ("br", None),
+    ] {
+        let r = send(accept, big.clone()).await.expect("infer");
+        assert_eq!(r.status(), 200);
+        let encoding = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().expect("ASCII").to_owned());
+        assert_eq!(encoding.as_deref(), expected, "{accept}");
+        let bytes = r.bytes().await.expect("body");
+        let mut text = Vec::new();
+        match expected {
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(&bytes[..])
+                    .read_to_end(&mut text)
+                    .expect("gzip");
+            }
+            Some(_) => {
+                flate2::read::ZlibDecoder::new(&bytes[..])
+                    .read_to_end(&mut text)
+                    .expect("zlib");
+            }
+            None => text = bytes.to_vec(),
+        }
+        let body: Value = serde_json::from_slice(&text).expect("JSON");
+        assert_eq!(body["outputs"], plain["outputs"], "{accept}");
+    }
+    // A one-row answer is too small to gain from it.
+    let r = send("gzip", one_row()).await.expect("infer");
+    assert!(r.headers().get("content-encoding").is_none());
+    s.stop().await;
+}

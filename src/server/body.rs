@@ -145,6 +145,50 @@ fn inflate(compressed: &[u8], encoding: Encoding, limit: usize) -> Result<Bytes,
     Ok(Bytes::from(out))
 }
 
+/// Responses at least this large are compressed when the client accepts it
+/// (smaller ones gain less than the work costs).
+const COMPRESS_MIN_BYTES: usize = 1024;
+/// Responses larger than this go out uncompressed (HTTP lets a server
+/// decline): compressing them would hold an async worker for milliseconds.
+const COMPRESS_MAX_BYTES: usize = 256 * 1024;
+
+/// The response body compressed as the request's `Accept-Encoding` asks
+/// (gzip, else deflate; `tritonclient`'s `response_compression_algorithm`),
+/// with the `Content-Encoding` to send; `None` to send it as it is.
+pub fn compress_response(headers: &HeaderMap, body: &[u8]) -> Option<(Vec<u8>, &'static str)> {
+    use flate2::Compression;
+    use std::io::Write;
+    if !(COMPRESS_MIN_BYTES..=COMPRESS_MAX_BYTES).contains(&body.len()) {
+        return None;
+    }
+    let accept = headers.get(http::header::ACCEPT_ENCODING)?.to_str().ok()?;
+    let accepts = |name: &str| {
+        accept.split(',').any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            coding.eq_ignore_ascii_case(name) && !refused
+        })
+    };
+    let level = Compression::fast();
+    if accepts("gzip") {
+        let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), level);
+        e.write_all(body).ok()?;
+        Some((e.finish().ok()?, "gzip"))
+    } else if accepts("deflate") {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::with_capacity(body.len() / 2), level);
+        e.write_all(body).ok()?;
+        Some((e.finish().ok()?, "deflate"))
+    } else {
+        None
+    }
+}
+
 /// The `Inference-Header-Content-Length` header, when present.
 pub fn json_header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     headers

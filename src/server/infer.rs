@@ -160,6 +160,7 @@ async fn infer_model(
             p.rows,
             timings,
             started,
+            headers,
         ))
     }
     .await;
@@ -298,6 +299,7 @@ async fn infer_deployment(
         p.rows,
         timings,
         started,
+        headers,
     )
 }
 
@@ -514,6 +516,7 @@ fn respond(
     rows: usize,
     mut timings: Timings,
     started: Instant,
+    request_headers: &HeaderMap,
 ) -> Response {
     let encode_started = Instant::now();
     let mut outputs = select_outputs(outputs, requested);
@@ -539,6 +542,7 @@ fn respond(
             .unwrap_or(binary_data_output)
     };
     let encoded = rest::encode_response(&response, wants_binary);
+    let compressed = body::compress_response(request_headers, &encoded.body);
     timings.encode = encode_started.elapsed();
     let total = started.elapsed();
     model.stats.success(rows, total, &timings);
@@ -546,8 +550,16 @@ fn respond(
         .metrics
         .success(rows, total, timings.queue, timings.infer);
 
-    let mut resp = Response::new(Body::from(encoded.body));
+    let (bytes, content_encoding) = match compressed {
+        Some((bytes, encoding)) => (bytes, Some(encoding)),
+        None => (encoded.body, None),
+    };
+    let mut resp = Response::new(Body::from(bytes));
     let h = resp.headers_mut();
+    if let Some(encoding) = content_encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     match encoded.json_len {
         Some(n) => {
             h.insert(

@@ -27,6 +27,7 @@ pub const MODELS_READY: &str = "contender_models_ready";
 pub const MODEL_INLINE_MAX_ROWS: &str = "contender_model_inline_max_rows";
 pub const MIRROR_DROPPED: &str = "contender_mirror_dropped_total";
 pub const MIRROR_FAILED: &str = "contender_mirror_failures_total";
+pub const MIRROR_COMPLETED: &str = "contender_mirror_completed_total";
 pub const FEEDBACK_LABELS: &str = "contender_feedback_labels_total";
 pub const PROMOTIONS: &str = "contender_promotions_total";
 pub const DRIFT_STATE: &str = "contender_drift_state";
@@ -83,7 +84,7 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_histogram!(
         DYNAMIC_BATCH,
-        "Requests run together in one dynamic batch, by runner (model@version, `-mirror` for a challenger's mirrored copies)."
+        "Requests run together in one dynamic batch (recorded for batches of two or more), by runner (model@version, `-mirror` for a challenger's mirrored copies)."
     );
     describe_counter!(
         INFER_REQUESTS,
@@ -91,7 +92,7 @@ fn describe() {
     );
     describe_counter!(
         INFER_FAILURES,
-        "Inference requests that failed after reaching a model, by error_type."
+        "Inference requests addressed to a model (or a deployment's champion) that failed, from reading the body to the answer, by error_type."
     );
     describe_counter!(INFER_ROWS, "Rows (batch elements) inferred.");
     describe_histogram!(
@@ -132,6 +133,10 @@ fn describe() {
     describe_counter!(
         MIRROR_DROPPED,
         "Mirrored requests dropped because the challenger's queue was full."
+    );
+    describe_counter!(
+        MIRROR_COMPLETED,
+        "Mirrored requests a challenger (or, beside a canary, the champion) ran and logged, by deployment, model and version. Its repository model's own statistics count only the requests it answered."
     );
     describe_counter!(
         MIRROR_FAILED,
@@ -236,6 +241,10 @@ pub fn dynamic_batch(runner: &str) -> Histogram {
 /// The counter of one challenger's mirrored copies dropped (queue full).
 pub fn mirror_dropped(deployment: &str, model: &str, version: u64) -> Counter {
     counter!(MIRROR_DROPPED, "deployment" => deployment.to_owned(), "model" => model.to_owned(), "version" => version.to_string())
+}
+
+pub fn mirror_completed(deployment: &str, model: &str, version: u64) -> Counter {
+    counter!(MIRROR_COMPLETED, "deployment" => deployment.to_owned(), "model" => model.to_owned(), "version" => version.to_string())
 }
 
 pub fn mirror_failed(deployment: &str, model: &str, version: u64, error_type: &'static str) {

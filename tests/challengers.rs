@@ -386,6 +386,23 @@ timeout_ms = 60000
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no mirror drop counter for v2 in:\n{metrics}"));
     assert_eq!(exported, s["dropped"].as_u64().unwrap(), "{s}");
+    // And the copies the shadow ran (at least this test's: the registry is
+    // the whole test process's).
+    let completed: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("contender_mirror_completed_total{")
+                && l.contains(r#"deployment="breast_cancer""#)
+                && l.contains(r#"version="2""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mirror completion counter for v2 in:\n{metrics}"));
+    assert!(
+        completed >= s["completed"].as_u64().unwrap(),
+        "{completed}: {s}"
+    );
+    assert!(completed > 0, "{s}");
     ts.stop().await;
 }
 

@@ -194,6 +194,15 @@ async fn model_configuration() {
         .map(|o| o["name"].as_str().expect("name"))
         .collect();
     assert_eq!(out_names, HashSet::from(["label", "probabilities"]));
+    // One value per row: dims [1] reshaped to a scalar, as Triton writes it.
+    let label = c["output"]
+        .as_array()
+        .expect("output array")
+        .iter()
+        .find(|o| o["name"] == "label")
+        .expect("label");
+    assert_eq!(label["dims"], json!(["1"]), "{label}");
+    assert_eq!(label["reshape"], json!({"shape": []}), "{label}");
 
     let (status, c) = s
         .get_json("/v2/models/breast_cancer/versions/2/config")

@@ -166,6 +166,9 @@ pub struct Member {
     /// looked up once: a drop must cost the request path no more than a
     /// refused push.
     pub mirror_dropped: std::sync::OnceLock<metrics::Counter>,
+    /// The Prometheus counter of mirrored copies run and logged, registered
+    /// at the first one.
+    pub mirror_completed: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl Member {
@@ -215,6 +218,7 @@ impl Member {
             timeout: std::time::Duration::from_millis(timeout_ms),
             stats,
             mirror_dropped: std::sync::OnceLock::new(),
+            mirror_completed: std::sync::OnceLock::new(),
         })
     }
 

@@ -422,6 +422,16 @@ impl MirroredRequest {
         self.gateway.store().log_predictions(records);
         // Counted once its predictions are queued for the log.
         member.stats.completed.fetch_add(1, Relaxed);
+        member
+            .mirror_completed
+            .get_or_init(|| {
+                crate::telemetry::mirror_completed(
+                    &self.deployment,
+                    member.model.name(),
+                    member.model.version(),
+                )
+            })
+            .increment(1);
         if let Some(predictions) = drift_predictions {
             self.gateway
                 .drift()

@@ -224,6 +224,17 @@ fn config_impl(g: &Gateway, name: &str, version: Option<&str>) -> Result<Json<Va
             .iter()
             .map(|s| {
                 let dims = if batched { &s.shape[1..] } else { &s.shape[..] };
+                if dims.is_empty() {
+                    // One value per row: Triton's own configuration for such
+                    // a tensor is dims [1] reshaped to a scalar (tools such as
+                    // model_analyzer refuse empty dims).
+                    return json!({
+                        "name": s.name,
+                        "data_type": s.datatype.triton_config_name(),
+                        "dims": ["1"],
+                        "reshape": { "shape": [] },
+                    });
+                }
                 json!({
                     "name": s.name,
                     "data_type": s.datatype.triton_config_name(),

@@ -209,8 +209,9 @@ impl Server {
         if let Err(e) = gateway_for_flush.save_member_stats().await {
             tracing::warn!(error = %e, "could not save the members' traffic counters");
         }
-        // Predictions still queued for the log are written before exit.
-        if let Err(e) = gateway_for_flush.store().flush().await {
+        // Predictions still queued for the log are written before exit, and
+        // the data directory's lock is released.
+        if let Err(e) = gateway_for_flush.store().close().await {
             tracing::warn!(error = %e, "could not flush the prediction log");
         }
         result

@@ -277,7 +277,15 @@ impl Gateway {
                 notify: Some(policy_tx),
             },
             Arc::clone(&evaluator),
-        )?;
+        )
+        .map_err(|e| match e {
+            // Another contender, a lock held by another process, a
+            // read-only database: refused before serving anything.
+            StoreError::DataDir { reason, .. } => {
+                StartError::Config(ConfigError::new("store.data_dir", reason))
+            }
+            other => other.into(),
+        })?;
         let stored: HashMap<String, String> = store.load_deployments()?.into_iter().collect();
         let mut deployments = BTreeMap::new();
         let mut unsaved = Vec::new();

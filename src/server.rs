@@ -173,6 +173,7 @@ impl Server {
         let server = gateway.config().server.clone();
         let policy = tokio::spawn(Arc::clone(&gateway).run_policy());
         let notifier = tokio::spawn(Arc::clone(&gateway).run_notifier());
+        let stats_saver = tokio::spawn(Arc::clone(&gateway).run_stats_saver());
         let loading = tokio::spawn(async move { gateway.load().await });
         let router = app(self.state);
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -231,8 +232,15 @@ impl Server {
         loading.abort();
         policy.abort();
         notifier.abort();
-        // Predictions still queued for the log are written before exit.
-        if let Err(e) = gateway_for_flush.store().flush().await {
+        stats_saver.abort();
+        // Every member's traffic counters are saved before exit, so a clean
+        // restart resumes them exactly.
+        if let Err(e) = gateway_for_flush.save_member_stats().await {
+            tracing::warn!(error = %e, "could not save the members' traffic counters");
+        }
+        // Predictions still queued for the log are written before exit, and
+        // the data directory's lock is released.
+        if let Err(e) = gateway_for_flush.store().close().await {
             tracing::warn!(error = %e, "could not flush the prediction log");
         }
         Ok(())

@@ -133,6 +133,14 @@ pub enum StoreError {
     Stopped,
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
+    /// The store cannot be written (locked by another process, read-only,
+    /// the disk full, an I/O error): nothing was stored; retry later.
+    #[error("the store cannot be written: {0}")]
+    Unavailable(String),
+    /// At start: the data directory cannot be used (another contender holds
+    /// it, the database is locked or read-only, ...).
+    #[error("{reason}")]
+    DataDir { path: String, reason: String },
 }
 
 pub(crate) enum Control {
@@ -193,6 +201,12 @@ pub struct StoredMemberStats {
 pub struct StoreCounters {
     /// Predictions dropped because the write queue was full.
     pub dropped: AtomicU64,
+    /// Predictions lost because writing them failed (twice: the write is
+    /// retried once).
+    pub write_failed: AtomicU64,
+    /// Predictions not logged because their request id (with row, model and
+    /// version) was already in the log: the first request's are kept.
+    pub duplicate_ids: AtomicU64,
     /// Predictions evicted by retention or the size cap.
     pub evicted: AtomicU64,
     /// Predictions currently in the log.
@@ -207,6 +221,9 @@ pub struct Store {
     control: Sender<Control>,
     counters: Arc<StoreCounters>,
     evaluator: Arc<Evaluator>,
+    /// The data directory's lock (`contender.lock`), held while this store
+    /// serves; [`Store::close`] releases it.
+    lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
 
 /// Persisted evaluation state of one model in one deployment.
@@ -243,8 +260,17 @@ impl Store {
             path: data_dir.display().to_string(),
             source,
         })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("contender.db");
-        let conn = writer::open(&path)?;
+        let unusable = |e: StoreError| match e {
+            StoreError::Sqlite { source, .. } => StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                reason: writer::unwritable_reason(&path, &source),
+            },
+            other => other,
+        };
+        let conn = writer::open_with(&path, STARTUP_BUSY_TIMEOUT).map_err(unusable)?;
+        writer::prove_writable(&conn, &path).map_err(unusable)?;
         let counters = Arc::new(StoreCounters::default());
         let (ptx, prx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
         let (ctx, crx) = crossbeam_channel::bounded(1024);
@@ -268,7 +294,17 @@ impl Store {
             control: ctx,
             counters,
             evaluator,
+            lock: Arc::new(std::sync::Mutex::new(Some(lock))),
         })
+    }
+
+    /// Writes every prediction queued so far, then releases the data
+    /// directory's lock, so that another contender may use it (a graceful
+    /// shutdown, before exit).
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let flushed = self.flush().await;
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        flushed
     }
 
     /// Rebuilds the evaluation state from what is stored.
@@ -470,6 +506,57 @@ impl Store {
             .map_err(err)?;
         Ok(rows)
     }
+}
+
+/// How long start-up waits for a database another process holds before it
+/// refuses to start.
+const STARTUP_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The lock file in the data directory: held by the contender using it.
+pub const LOCK_FILE: &str = "contender.lock";
+
+/// Takes the data directory's exclusive advisory lock (`contender.lock`,
+/// which then holds this process's id), or says who holds it.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join(LOCK_FILE);
+    let refused = |reason: String| StoreError::DataDir {
+        path: data_dir.display().to_string(),
+        reason,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| refused(format!("cannot open the lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "another process".to_owned(),
+                pid => format!("another process (pid {pid})"),
+            };
+            return Err(refused(format!(
+                "the data directory {} is in use: {holder} holds its lock {}; \
+                 stop it, or give this contender its own store.data_dir",
+                data_dir.display(),
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(refused(format!("cannot lock {}: {e}", path.display())));
+        }
+    }
+    // Who holds it, for the message of a contender refused.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
 }
 
 /// Parses a stored outcome.

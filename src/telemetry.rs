@@ -35,6 +35,8 @@ pub const DRIFT_PSI: &str = "contender_drift_psi";
 pub const WEBHOOKS: &str = "contender_drift_webhooks_total";
 pub const PREDICTIONS_DROPPED: &str = "contender_prediction_log_dropped_total";
 pub const PREDICTIONS_EVICTED: &str = "contender_prediction_log_evicted_total";
+pub const PREDICTIONS_WRITE_FAILED: &str = "contender_prediction_log_write_failures_total";
+pub const PREDICTIONS_DUPLICATE_IDS: &str = "contender_prediction_log_duplicate_ids_total";
 pub const STORE_BATCH_ROWS: &str = "contender_store_batch_rows";
 pub const STORE_BATCH_DURATION: &str = "contender_store_batch_duration_seconds";
 pub const DYNAMIC_BATCH: &str = "contender_inference_batch_requests";
@@ -149,6 +151,14 @@ fn describe() {
     describe_counter!(
         PREDICTIONS_EVICTED,
         "Predictions removed from the log by retention or the size cap."
+    );
+    describe_counter!(
+        PREDICTIONS_WRITE_FAILED,
+        "Predictions lost because the store could not write them (after one retry)."
+    );
+    describe_counter!(
+        PREDICTIONS_DUPLICATE_IDS,
+        "Predictions not logged because their request id was already logged (the first request's are kept)."
     );
     describe_histogram!(
         STORE_BATCH_ROWS,
@@ -303,6 +313,14 @@ pub fn predictions_dropped(n: u64) {
 
 pub fn predictions_evicted(n: u64) {
     counter!(PREDICTIONS_EVICTED).increment(n);
+}
+
+pub fn predictions_write_failed(n: u64) {
+    counter!(PREDICTIONS_WRITE_FAILED).increment(n);
+}
+
+pub fn predictions_duplicate_ids(n: u64) {
+    counter!(PREDICTIONS_DUPLICATE_IDS).increment(n);
 }
 
 pub fn store_batch(rows: usize, took: Duration) {

@@ -120,6 +120,8 @@ pub fn gateway_json(g: &Gateway) -> Value {
         "prediction_log": {
             "rows": counters.rows.load(Ordering::Relaxed),
             "dropped": counters.dropped.load(Ordering::Relaxed),
+            "write_failed": counters.write_failed.load(Ordering::Relaxed),
+            "duplicate_ids": counters.duplicate_ids.load(Ordering::Relaxed),
             "evicted": counters.evicted.load(Ordering::Relaxed),
         },
     })

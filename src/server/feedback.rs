@@ -18,8 +18,11 @@
 //! refused, never overwritten), `unknown_id` (no prediction for that id and
 //! row: never served here, or removed by retention or the size cap before
 //! the label came), `expired` (the predictions are past the retention
-//! window) or `invalid` (the label does not fit the task: not a class, not
-//! a finite number, out of range). A single label answers 200 for
+//! window, or the served answer's row is gone from the log while other
+//! models' rows remain) or `invalid` (the label does not fit the task: not
+//! a class, not a finite number, out of range). When the store cannot be
+//! written (locked by another process, read-only, disk full) the request
+//! answers 503 with the store's reason, and nothing is stored. A single label answers 200 for
 //! accepted/duplicate and the matching error status otherwise (409, 404,
 //! 410, 400); a batch answers 200 with a result per item, never dropping one
 //! silently.
@@ -111,7 +114,10 @@ pub async fn feedback(
         .feedback(&name, class_names, items)
         .await
         .map_err(|e| match e {
-            StoreError::Busy(_) | StoreError::Stopped => ApiError::unavailable(e.to_string()),
+            // Nothing was stored; the store says why, and a retry may succeed.
+            StoreError::Busy(_) | StoreError::Stopped | StoreError::Unavailable(_) => {
+                ApiError::unavailable(e.to_string())
+            }
             other => ApiError::internal(&other),
         })?;
     crate::telemetry::feedback(&name, &results);

@@ -8,7 +8,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
 use super::{
     Control, FeedbackItem, FeedbackResult, FeedbackStatus, PredictionRecord, Role, StoreCounters,
@@ -63,11 +65,20 @@ CREATE TABLE IF NOT EXISTS member_stats (
     PRIMARY KEY (deployment, model, version)) WITHOUT ROWID;
 ";
 
+/// How long a statement waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens a connection with contender's settings and schema.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    open_with(path, BUSY_TIMEOUT)
+}
+
+/// [`open`], waiting at most `busy` for a lock another connection holds
+/// (the connection keeps that timeout).
+pub fn open_with(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     let err = sqlite_err(path);
     let conn = Connection::open(path).map_err(&err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(&err)?;
+    conn.busy_timeout(busy).map_err(&err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(&err)?;
     conn.pragma_update(None, "synchronous", "FULL")
@@ -101,6 +112,68 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
 }
 
 use crate::clock::now_ms;
+
+/// Proves at start that the database can be written: a small write (the
+/// start time, in `meta`) committed under `BEGIN IMMEDIATE`. Then sets the
+/// connection's usual busy timeout.
+pub fn prove_writable(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let err = sqlite_err(path);
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(&err)?;
+    let written = conn
+        .execute(
+            "INSERT INTO meta (key, value) VALUES ('started_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![now_ms().to_string()],
+        )
+        .and_then(|_| conn.execute_batch("COMMIT"));
+    if let Err(e) = written {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(err(e));
+    }
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)
+}
+
+/// Why the database at `path` cannot be used, from the error that said so.
+pub fn unwritable_reason(path: &Path, e: &rusqlite::Error) -> String {
+    let path = path.display();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
+            "the database {path} is locked by another process (it holds a transaction open); \
+             stop it, or give this contender its own store.data_dir"
+        ),
+        Some(ErrorCode::ReadOnly) => format!(
+            "the database {path} is read-only: this user cannot write it (or its -wal and -shm \
+             files, or its directory)"
+        ),
+        Some(ErrorCode::PermissionDenied | ErrorCode::CannotOpen) => {
+            format!("cannot open the database {path} for writing: {e}")
+        }
+        Some(ErrorCode::DiskFull) => format!("the disk holding {path} is full"),
+        Some(ErrorCode::NotADatabase) => format!("{path} is not an SQLite database: {e}"),
+        _ => format!("the database {path} cannot be written: {e}"),
+    }
+}
+
+/// The reason, when `e` says the store cannot be written now (locked,
+/// read-only, disk full, I/O error) rather than that its content is wrong.
+fn store_failure(path: &Path, e: &StoreError) -> Option<String> {
+    let StoreError::Sqlite { source, .. } = e else {
+        return None;
+    };
+    matches!(
+        source.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::ReadOnly
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::PermissionDenied
+                | ErrorCode::CannotOpen
+        )
+    )
+    .then(|| unwritable_reason(path, source))
+}
 
 /// Rebuilds the evaluator from the stored state; equal to what it was.
 pub fn restore(
@@ -238,6 +311,12 @@ pub struct Writer {
     oldest: Option<Instant>,
     /// The latest predictions per request row, for counting agreement.
     recent: Recent,
+    /// Whether the last `write_predictions` began its transaction (and so
+    /// took records from its batch): a write that could not begin is retried.
+    write_began: bool,
+    /// When a reused request id was last logged, and the rows skipped since.
+    duplicate_warned: Option<Instant>,
+    duplicates_unreported: u64,
 }
 
 /// One model's prediction for a request row, kept in memory a while.
@@ -364,6 +443,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// (5 % of the default 5,000,000-row cap, 250,000 rows) would hold the
 /// writer for about 1.25 s.
 const EVICT_STEP: u64 = 4096;
+/// Pause before the one retry of a prediction write that could not begin
+/// (the database locked by another process past the busy timeout).
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// At most one warning per this period about reused request ids.
+const DUPLICATE_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Writer {
     pub fn new(
@@ -386,6 +470,9 @@ impl Writer {
             sync: Sync::Full,
             oldest: None,
             recent: Recent::new(),
+            write_began: false,
+            duplicate_warned: None,
+            duplicates_unreported: 0,
         }
     }
 
@@ -613,11 +700,19 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "storing feedback failed");
                 self.reload();
+                let failure = store_failure(&self.path, &e);
                 let message = e.to_string();
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Corrupt(format!(
-                        "the labels were not stored: {message}"
-                    ))));
+                    // A store that cannot be written now is a 503 (retry),
+                    // anything else a 500.
+                    let _ = reply.send(Err(match &failure {
+                        Some(reason) => {
+                            StoreError::Unavailable(format!("the labels were not stored: {reason}"))
+                        }
+                        None => {
+                            StoreError::Corrupt(format!("the labels were not stored: {message}"))
+                        }
+                    }));
                 }
             }
         }
@@ -681,10 +776,24 @@ impl Writer {
         let mut batch = std::mem::take(&mut self.buffer);
         let started = Instant::now();
         let n = batch.len();
-        if let Err(e) = self.write_predictions(&mut batch) {
-            tracing::error!(error = %e, rows = n, "writing predictions failed; they are lost");
-            self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
-            self.reload();
+        let mut written = self.write_predictions(&mut batch);
+        if let Err(e) = &written
+            && !self.write_began
+        {
+            // Nothing was taken from the batch: try once more.
+            tracing::warn!(error = %e, rows = n, "writing predictions failed; retrying once");
+            std::thread::sleep(WRITE_RETRY_PAUSE);
+            written = self.write_predictions(&mut batch);
+        }
+        if let Err(e) = written {
+            tracing::error!(error = %e, rows = n, "writing predictions failed; they are lost (counted as write_failed)");
+            self.counters
+                .write_failed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            crate::telemetry::predictions_write_failed(n as u64);
+            if self.write_began {
+                self.reload();
+            }
         }
         crate::telemetry::store_batch(n, started.elapsed());
         batch.clear();
@@ -694,9 +803,20 @@ impl Writer {
     /// Writes and empties `batch` in one transaction, counting each model's
     /// predictions and each challenger's agreement with its champion.
     fn write_predictions(&mut self, batch: &mut Vec<PredictionRecord>) -> Result<(), StoreError> {
+        self.write_began = false;
         self.synchronous(Sync::Normal)?;
         let err = sqlite_err(&self.path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        // The write lock first: a database another process holds fails
+        // here, before any record is taken from the batch.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        self.write_began = true;
+        // Rows not logged because their key is logged already (a request id
+        // used again), and the first such id.
+        let mut duplicates = 0u64;
+        let mut duplicate: Option<(Arc<str>, Arc<str>)> = None;
         let mut touched: BTreeSet<(String, ModelKey)> = BTreeSet::new();
         let mut served_rows: HashMap<String, u64> = HashMap::new();
         let mut counts: Vec<BatchCount> = Vec::new();
@@ -744,6 +864,10 @@ impl Writer {
                 fresh[..chunk.len()].reverse();
                 while let Some(r) = chunk.pop() {
                     if !fresh[chunk.len()] {
+                        duplicates += 1;
+                        if duplicate.is_none() {
+                            duplicate = Some((r.deployment, r.request_id));
+                        }
                         continue;
                     }
                     inserted += 1;
@@ -954,9 +1078,35 @@ impl Writer {
             save_comparisons(&self.evaluator, &self.path, &tx, deployment, pairs)?;
         }
         tx.commit().map_err(&err)?;
+        drop(err);
         self.counters.rows.fetch_add(inserted, Ordering::Relaxed);
+        if let Some((deployment, request_id)) = duplicate {
+            self.duplicates(duplicates, &deployment, &request_id);
+        }
         self.notify_comparisons(joined_pairs.into_keys());
         Ok(())
+    }
+
+    /// Counts prediction rows not logged because their request id was
+    /// logged already, and warns (at most once a minute) naming one.
+    fn duplicates(&mut self, n: u64, deployment: &str, request_id: &str) {
+        self.counters.duplicate_ids.fetch_add(n, Ordering::Relaxed);
+        crate::telemetry::predictions_duplicate_ids(n);
+        self.duplicates_unreported += n;
+        if self
+            .duplicate_warned
+            .is_none_or(|t| t.elapsed() >= DUPLICATE_WARN_EVERY)
+        {
+            tracing::warn!(
+                deployment,
+                request_id,
+                rows = self.duplicates_unreported,
+                "a request id was used again: the later request's predictions are not logged \
+                 (the first request's are kept and joined); request ids must be unique per deployment"
+            );
+            self.duplicate_warned = Some(Instant::now());
+            self.duplicates_unreported = 0;
+        }
     }
 }
 
@@ -1157,14 +1307,17 @@ impl Writer {
         let err = sqlite_err(&self.path);
         let retention_ms = self.settings.retention_ms;
         let now = now_ms();
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
         let mut answers = Vec::with_capacity(groups.len());
         let mut changed_comparisons: Vec<String> = Vec::new();
         {
             let mut existing_label = tx.prepare_cached(FIND_LABEL).map_err(&err)?;
             let mut preds = tx
                 .prepare_cached(
-                    "SELECT model, version, prediction, role, segment, created_ms FROM predictions
+                    "SELECT model, version, prediction, role, segment, created_ms, served FROM predictions
                      WHERE deployment = ?1 AND request_id = ?2 AND row = ?3",
                 )
                 .map_err(&err)?;
@@ -1196,12 +1349,15 @@ impl Writer {
                                 r.get::<_, String>(3)?,
                                 r.get::<_, Option<String>>(4)?,
                                 r.get::<_, i64>(5)?,
+                                r.get::<_, bool>(6)?,
                             ))
                         })
                         .map_err(&err)?
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(&err)?;
                     let segment = predictions.iter().find_map(|p| p.4.clone());
+                    // The answer the application got is still in the log.
+                    let served = predictions.iter().any(|p| p.6);
                     // When the request was answered: its earliest row.
                     let created_ms = predictions.iter().map(|p| p.5).min();
                     let predictions: Vec<(String, u64, Prediction, Option<Role>)> = predictions
@@ -1247,6 +1403,21 @@ impl Writer {
                                  window ({} hours); labels for them are no longer taken",
                                 item.id,
                                 retention_ms as f64 / 3_600_000.0
+                            )),
+                        ));
+                        continue;
+                    }
+                    // Other models' rows without the served one (the size
+                    // cap evicted it, or it was never logged): they would
+                    // be compared on rows the served model is not.
+                    if kind.is_some() && !served {
+                        results.push(result(
+                            FeedbackStatus::Expired,
+                            Some(format!(
+                                "the answer served for request id {:?} row {} is no longer in \
+                                 the prediction log (removed by the size cap, store.max_predictions); \
+                                 labels for it are no longer taken",
+                                item.id, item.row
                             )),
                         ));
                         continue;
@@ -1853,5 +2024,128 @@ mod tests {
         w.sweep();
         assert!(!w.sweep_pending);
         assert_eq!(counted(), (cap, 10 + fresh - cap));
+    }
+
+    /// A label joins only while the answer the application got is in the
+    /// log: the size cap may have evicted the served row and kept a
+    /// shadow's; the label then expires instead of joining the shadow alone.
+    #[test]
+    fn a_label_whose_served_row_is_gone_expires() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut w, evaluator, _) = writer(dir.path(), 1_000_000);
+        w.write_predictions(&mut vec![
+            record("m", 1, Role::Champion, "a", 1),
+            record("m", 2, Role::Shadow, "a", 1),
+            record("m", 1, Role::Champion, "b", 1),
+            record("m", 2, Role::Shadow, "b", 1),
+        ])
+        .expect("written");
+        // What the sweep did: the served row gone, the shadow's kept.
+        w.conn
+            .execute(
+                "DELETE FROM predictions WHERE request_id = 'a' AND served = 1",
+                [],
+            )
+            .expect("deleted");
+        let r = label(&mut w, "a", serde_json::json!(1));
+        assert_eq!(r.status, FeedbackStatus::Expired, "{r:?}");
+        assert!(
+            r.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("max_predictions"),
+            "{r:?}"
+        );
+        assert_eq!(joined(&evaluator, 2), (0, 0));
+        // With its served row, a label joins both models.
+        let r = label(&mut w, "b", serde_json::json!(1));
+        assert_eq!(r.status, FeedbackStatus::Accepted, "{r:?}");
+        assert_eq!(joined(&evaluator, 2), (1, 1));
+    }
+
+    /// A request id used again: the later rows are not logged, counted as
+    /// `duplicate_ids`; the first request's prediction is the one kept.
+    #[test]
+    fn a_reused_request_id_is_counted() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut w, _, counters) = writer(dir.path(), 1_000_000);
+        w.write_predictions(&mut vec![record("m", 1, Role::Champion, "a", 1)])
+            .expect("written");
+        w.write_predictions(&mut vec![
+            record("m", 1, Role::Champion, "a", 0),
+            record("m", 1, Role::Champion, "b", 0),
+        ])
+        .expect("written");
+        assert_eq!(counters.duplicate_ids.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.rows.load(Ordering::Relaxed), 2);
+        let kept: String = w
+            .conn
+            .query_row(
+                "SELECT prediction FROM predictions WHERE request_id = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("logged");
+        assert!(kept.contains("\"label\":1"), "{kept}");
+    }
+
+    /// A database this process may only read is refused at start, saying
+    /// it is read-only (what `chmod a-w contender.db` does to a non-root
+    /// user).
+    #[test]
+    fn a_read_only_database_is_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("contender.db");
+        let conn = open(&path).expect("the store opens");
+        prove_writable(&conn, &path).expect("a writable database passes");
+        let ro = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("opens read-only");
+        let Err(StoreError::Sqlite { source, .. }) = prove_writable(&ro, &path) else {
+            panic!("a read-only database passed");
+        };
+        let reason = unwritable_reason(&path, &source);
+        assert!(reason.contains("read-only"), "{reason}");
+    }
+
+    /// While another connection holds the database, a batch of predictions
+    /// is retried once, then counted as `write_failed` (not `dropped`), and
+    /// a label answers `Unavailable` (503) with the reason; once the lock
+    /// is released both work again.
+    #[test]
+    fn a_locked_database_fails_writes_visibly() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut w, _, counters) = writer(dir.path(), 1_000_000);
+        w.conn
+            .busy_timeout(Duration::from_millis(20))
+            .expect("sets the timeout");
+        let other = Connection::open(&w.path).expect("another connection");
+        other.execute_batch("BEGIN EXCLUSIVE").expect("locks");
+        w.buffer.push(record("m", 1, Role::Champion, "a", 1));
+        w.buffer.push(record("m", 1, Role::Champion, "b", 1));
+        w.flush();
+        assert_eq!(counters.write_failed.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.rows.load(Ordering::Relaxed), 0);
+        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        let item = FeedbackItem {
+            id: "a".to_owned(),
+            row: 0,
+            label: serde_json::json!(1),
+        };
+        w.feedback_group(vec![(("d".to_owned(), Vec::new(), vec![item]), reply)]);
+        match rx.try_recv().expect("answered") {
+            Err(StoreError::Unavailable(reason)) => {
+                assert!(reason.contains("locked by another process"), "{reason}")
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        other.execute_batch("ROLLBACK").expect("unlocks");
+        w.buffer.push(record("m", 1, Role::Champion, "c", 1));
+        w.flush();
+        assert_eq!(counters.rows.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            label(&mut w, "c", serde_json::json!(1)).status,
+            FeedbackStatus::Accepted
+        );
     }
 }

@@ -527,6 +527,7 @@ fn shadow_of(r: &ModelRef) -> ChallengerConfig {
         queue_capacity: 64,
         timeout_ms: 1000,
         low_priority: true,
+        slice: Vec::new(),
     }
 }
 

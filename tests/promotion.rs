@@ -1087,3 +1087,110 @@ async fn a_worse_new_champion_is_rolled_back_automatically() {
     assert_answered_by(&resp.response, 1);
     ts.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// 8. A rollback restores the live set as it was before the promotion.
+
+/// The version answering each routing key `user-0` … `user-{n-1}`.
+async fn versions_by_key(ts: &TestServer, name: &str, n: usize) -> Vec<String> {
+    let rows = breast_cancer_features();
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let body = classifier_request(std::slice::from_ref(&rows[k % rows.len()]));
+        let a = ts.infer_ok(name, &body, Some(&format!("user-{k}"))).await;
+        out.push(a.model_version);
+    }
+    out
+}
+
+/// The settings of a challenger in the admin JSON, as one comparable value.
+fn settings(d: &Value, version: u64) -> Value {
+    let c = challenger_of(d, BC, version).unwrap_or_else(|| panic!("no v{version} in {d:#}"));
+    json!({
+        "mode": c["mode"], "fraction": c["fraction"], "slice": c["slice"],
+        "workers": c["workers"], "queue_capacity": c["queue_capacity"],
+        "timeout_ms": c["timeout_ms"], "low_priority": c["low_priority"],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_canary_returns_with_its_settings_and_users() {
+    const KEYS: usize = 120;
+    let name = "canaries";
+    let mut extra = deployment(name, BC, 1, &[], "mode = \"manual\"", "");
+    extra.push_str(&format!(
+        r#"
+[deployments.{name}.routing]
+seed = 5
+
+[[deployments.{name}.challengers]]
+model = "breast_cancer"
+version = 3
+mode = "canary"
+fraction = 0.3
+
+[[deployments.{name}.challengers]]
+model = "breast_cancer"
+version = 2
+mode = "canary"
+fraction = 0.2
+workers = 2
+queue_capacity = 100
+timeout_ms = 30000
+low_priority = false
+"#
+    ));
+    let ts = TestServer::start_with("", &extra).await;
+    let before = ts.deployment(name).await;
+    let v2_before = settings(&before, 2);
+    let v3_before = settings(&before, 3);
+    assert_eq!(v2_before["slice"], json!([[0.3, 0.3 + 0.2]]), "{before:#}");
+    let users_before = versions_by_key(&ts, name, KEYS).await;
+    assert!(users_before.iter().any(|v| v == "2"), "{users_before:?}");
+
+    let (status, body) = ts
+        .post_json(
+            &format!("/admin/deployments/{name}/promote"),
+            &json!({ "model": BC, "version": 2, "by": "alice" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(is_champion(&body, BC, 2), "{body:#}");
+    // The previous champion shadows (for keep_previous_secs), as always.
+    assert_eq!(
+        challenger_of(&body, BC, 1).expect("v1 shadows")["mode"],
+        "shadow"
+    );
+    assert_eq!(
+        settings(&body, 3),
+        v3_before,
+        "the other canary is untouched"
+    );
+
+    let (status, body) = ts
+        .post_json(
+            &format!("/admin/deployments/{name}/rollback"),
+            &json!({ "by": "alice", "reason": "undo" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(is_champion(&body, BC, 1), "{body:#}");
+    assert!(challenger_of(&body, BC, 1).is_none(), "{body:#}");
+    assert_eq!(settings(&body, 2), v2_before, "v2 is the canary it was");
+    assert_eq!(settings(&body, 3), v3_before);
+    assert_eq!(
+        versions_by_key(&ts, name, KEYS).await,
+        users_before,
+        "every user is back on the model it had before the promotion"
+    );
+
+    let h = history(&ts, name).await;
+    let r = h.last().expect("a record");
+    assert_eq!(r["action"], "rollback", "{r:#}");
+    assert_eq!(r["from"], model_ref(BC, 2));
+    assert_eq!(r["changes"]["demoted"]["became"], "canary", "{r:#}");
+    assert_eq!(r["challenger"]["mode"], "canary", "{r:#}");
+    assert_eq!(r["challenger"]["fraction"], 0.2, "{r:#}");
+    assert_eq!(r["challenger"]["workers"], 2, "{r:#}");
+    ts.stop().await;
+}

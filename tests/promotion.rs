@@ -557,6 +557,43 @@ async fn manual_promotion_and_rollback_through_the_api_and_the_cli() {
     assert!(is_champion(&d, BC, 3), "manual mode only recommends: {d:#}");
     assert!(records(&history(&ts, name).await, "promotion").is_empty());
 
+    // `contender status` shows the comparison and the recommendation.
+    let d = ts
+        .wait_deployment(name, "every labelled row is paired", |d| {
+            comparison(d, "breast_cancer@3", "breast_cancer@1")
+                .is_some_and(|c| c["pairs"] == truth.len())
+        })
+        .await;
+    let out = cli(&["status", name, "--url", &ts.base], &[]).await;
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    let status = text(&out.stdout);
+    assert!(status.contains("LOG LOSS (window)"), "{status}");
+    let c = comparison(&d, "breast_cancer@3", "breast_cancer@1").expect("compared");
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("breast_cancer@1  accuracy"))
+        .unwrap_or_else(|| panic!("no comparison line in\n{status}"));
+    for part in [
+        format!("{} pairs", c["pairs"]),
+        format!("effect {:+.4}", c["effect"].as_f64().unwrap()),
+        format!("p = {:.4}", c["p_value"].as_f64().unwrap()),
+        "challenger_better".to_owned(),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in {line:?}");
+    }
+    assert!(
+        status.contains(&format!("recommendation (manual): {rec}")),
+        "{status}"
+    );
+    let log = status
+        .lines()
+        .find(|l| l.starts_with("gateway prediction log"))
+        .unwrap_or_else(|| panic!("no prediction log line in\n{status}"));
+    assert!(
+        log.contains(" rows, ") && log.contains(" dropped, "),
+        "{log}"
+    );
+
     // Promote by hand.
     let (status, body) = ts
         .post_json(

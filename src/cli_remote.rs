@@ -184,11 +184,12 @@ pub fn print_deployment(out: &mut impl std::io::Write, d: &Value) {
             "ERR/TIMEOUT",
             "LABELLED",
             "ACCURACY (window / all)",
-            "LOG LOSS",
+            "LOG LOSS (window)",
             "AGREES",
         ],
         &rows,
     );
+    print_comparisons(out, d);
     for c in d["challengers"].as_array().into_iter().flatten() {
         if c["live"] == false {
             let _ = writeln!(
@@ -202,15 +203,116 @@ pub fn print_deployment(out: &mut impl std::io::Write, d: &Value) {
     }
 }
 
-/// Prints what every deployment shares: the gateway's one prediction log.
-fn print_gateway(out: &mut impl std::io::Write, g: &Value) {
-    let log = &g["prediction_log"];
-    if log.is_object() {
+/// A signed effect or bound, 4 decimals.
+fn signed(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |x| format!("{x:+.4}"))
+}
+
+/// One line per challenger compared with the current champion (overall
+/// evidence: pairs, effect with its interval, always-valid p-value,
+/// decision, and the segments where the challenger is worse), then what
+/// the promotion policy recommends.
+fn print_comparisons(out: &mut impl std::io::Write, d: &Value) {
+    let champion = format!(
+        "{}@{}",
+        d["champion"]["model"].as_str().unwrap_or("?"),
+        d["champion"]["version"]
+    );
+    let current: Vec<&Value> = d["evaluation"]["comparisons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["champion"].as_str() == Some(champion.as_str()))
+        .collect();
+    if !current.is_empty() {
         let _ = writeln!(
             out,
-            "gateway prediction log (all deployments together): {} rows, {} dropped (queue full), {} evicted",
-            log["rows"], log["dropped"], log["evicted"]
+            "  comparisons with the champion {champion} (effect > 0: the challenger is better):"
         );
+    }
+    for c in current {
+        let worse: Vec<&str> = c["segments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["decision"] == "champion_better")
+            .filter_map(|s| s["segment"].as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "    {}  {}  {} pairs  effect {} [{}, {}]  p = {}  {}{}",
+            c["challenger"].as_str().unwrap_or("?"),
+            c["metric"].as_str().unwrap_or("?"),
+            c["pairs"],
+            signed(&c["effect"]),
+            signed(&c["ci_low"]),
+            signed(&c["ci_high"]),
+            fmt_opt(&c["p_value"], 4),
+            c["decision"].as_str().unwrap_or("?"),
+            if worse.is_empty() {
+                String::new()
+            } else {
+                format!("  (worse on segment {})", worse.join(", "))
+            }
+        );
+    }
+    let p = &d["promotion"];
+    let mode = p["policy"]["mode"].as_str().unwrap_or("?");
+    let recommendation = p["recommendation"].as_str().unwrap_or(if mode == "off" {
+        "none (promotion policy off)"
+    } else {
+        "none"
+    });
+    let _ = writeln!(out, "  recommendation ({mode}): {recommendation}");
+}
+
+/// Prints what every deployment shares: the gateway's one prediction log,
+/// with every counter the gateway reports (new ones appear as `name: value`).
+fn print_gateway(out: &mut impl std::io::Write, g: &Value) {
+    let Some(log) = g["prediction_log"].as_object() else {
+        return;
+    };
+    let mut parts = Vec::new();
+    for (key, wording) in [
+        ("rows", "rows"),
+        ("dropped", "dropped"),
+        ("evicted", "evicted"),
+    ] {
+        if let Some(v) = log.get(key) {
+            parts.push(format!("{v} {wording}"));
+        }
+    }
+    let mut others = Vec::new();
+    flatten("", &Value::Object(log.clone()), &mut others);
+    parts.extend(
+        others
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "rows" | "dropped" | "evicted"))
+            .map(|(k, v)| format!("{k}: {v}")),
+    );
+    let _ = writeln!(
+        out,
+        "gateway prediction log (all deployments together): {}",
+        parts.join(", ")
+    );
+}
+
+/// Every scalar under `v`, named by its path (`a.b`).
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, x, out);
+            }
+        }
+        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        other => out.push((prefix.to_owned(), other.to_string())),
     }
 }
 
@@ -471,4 +573,57 @@ pub fn drift(config: &Config, deployment: &str, remote: &Remote) -> ExitCode {
         }
         String::from_utf8_lossy(&buf).trim_end().to_owned()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn printed(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut buf = Vec::new();
+        f(&mut buf);
+        String::from_utf8(buf).expect("UTF-8")
+    }
+
+    #[test]
+    fn every_prediction_log_counter_is_printed_new_ones_by_name() {
+        let g = serde_json::json!({ "prediction_log": {
+            "rows": 120, "dropped": 2, "evicted": 7,
+            "write_failures": 1, "duplicate_ids": 3,
+        }});
+        let line = printed(|b| print_gateway(b, &g));
+        assert_eq!(
+            line.trim_end(),
+            "gateway prediction log (all deployments together): 120 rows, 2 dropped, 7 evicted, duplicate_ids: 3, write_failures: 1"
+        );
+    }
+
+    #[test]
+    fn comparisons_with_the_current_champion_and_the_recommendation_are_printed() {
+        let d = serde_json::json!({
+            "champion": { "model": "m", "version": 3 },
+            "promotion": { "policy": { "mode": "manual" }, "recommendation": "promote m@1: better" },
+            "evaluation": { "comparisons": [
+                { "champion": "m@3", "challenger": "m@1", "metric": "accuracy", "pairs": 143,
+                  "effect": 0.119, "ci_low": 0.02, "ci_high": 0.2, "p_value": 0.0045,
+                  "decision": "challenger_better",
+                  "segments": [{ "segment": "eu", "decision": "champion_better" }] },
+                { "champion": "m@1", "challenger": "m@2", "metric": "accuracy", "pairs": 9,
+                  "effect": 0.0, "ci_low": -1.0, "ci_high": 1.0, "p_value": 1.0,
+                  "decision": "collecting", "segments": [] }
+            ]}
+        });
+        let text = printed(|b| print_comparisons(b, &d));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("champion m@3"), "{text}");
+        assert_eq!(
+            lines[1].trim(),
+            "m@1  accuracy  143 pairs  effect +0.1190 [+0.0200, +0.2000]  p = 0.0045  challenger_better  (worse on segment eu)"
+        );
+        assert_eq!(
+            lines[2].trim(),
+            "recommendation (manual): promote m@1: better"
+        );
+    }
 }

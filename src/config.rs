@@ -520,6 +520,14 @@ pub struct ChallengerConfig {
     /// (and counted) instead of slowing the champion. `false`: normal priority.
     #[serde(default = "default_low_priority")]
     pub low_priority: bool,
+    /// Canary: the part of the routing hash's range [0, 1) it answers, as
+    /// `[start, end)` intervals whose widths add up to `fraction`. Given by
+    /// contender when the canary joins (the lowest free space of that width)
+    /// and kept while it stays, so that adding or removing other challengers
+    /// never moves its users (see `traffic::assign_slices`). Empty for a
+    /// shadow, and in a config entry (unless pinned there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slice: Vec<[f64; 2]>,
 }
 
 fn default_fraction() -> f64 {
@@ -577,7 +585,8 @@ impl ChallengerConfig {
         ] {
             limits::check(key, field, value, max)?;
         }
-        Ok(())
+        crate::traffic::check_slice(self)
+            .map_err(|why| ConfigError::new(format!("{key}.slice"), why))
     }
 }
 
@@ -754,6 +763,8 @@ impl DeploymentConfig {
                 format!("canary fractions add up to {canary_share}, more than all traffic"),
             ));
         }
+        crate::traffic::check_overlaps(&self.challengers)
+            .map_err(|why| ConfigError::new(format!("{key}.challengers"), why))?;
         if self.evaluation.window_labels == 0 {
             return Err(ConfigError::new(
                 format!("{key}.evaluation.window_labels"),

@@ -326,6 +326,17 @@ impl Gateway {
                     seed.clone()
                 }
             };
+            let mut state = state;
+            // A state stored before slices gets them laid out as routing
+            // was then (fractions end to end in list order); one reset from
+            // the config keeps the slices its canaries held.
+            if let Some(Ok(s)) = stored
+                .get(name)
+                .map(|s| serde_json::from_str::<StoredDeployment>(s))
+            {
+                keep_slices(&mut state, &s.state);
+            }
+            crate::traffic::assign_slices(&mut state.challengers);
             evaluator.configure_comparison(name, &state.evaluation, &state.promotion);
             let runtime = runtimes.remove(name).unwrap_or_default();
             deployments.insert(name.clone(), Deployment::new(name, state, runtime));
@@ -606,7 +617,7 @@ impl Gateway {
                     }
                     match Member::new(m, Some(c.clone()), true, d.member_stats(&r)) {
                         Ok(member) => {
-                            routes.push((c.mode, c.fraction));
+                            routes.push(crate::traffic::Lane::of(c));
                             challengers.push(Arc::new(member));
                         }
                         Err(e) if strict => return Err(format!("challenger {r}: {e}")),
@@ -778,7 +789,10 @@ impl Gateway {
             .ok_or_else(|| ChangeError::NotFound(format!("unknown deployment '{deployment}'")))?;
         let _guard = d.changes.lock().await;
         let mut state = d.state();
-        state.challengers.push(c.clone());
+        state.challengers.push(c);
+        // The newcomer takes the lowest free space; the others keep theirs.
+        crate::traffic::assign_slices(&mut state.challengers);
+        let c = state.challengers.last().cloned().expect("just pushed");
         state
             .validate(&format!("deployments.{deployment}"))
             .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.key, e.reason)))?;
@@ -840,6 +854,8 @@ impl Gateway {
         runtime: Runtime,
         history: Option<&promotion::HistoryRecord>,
     ) -> Result<DeploymentConfig, ChangeError> {
+        let mut state = state;
+        crate::traffic::assign_slices(&mut state.challengers);
         let (live, down) = self
             .build_live(d, &state, true)
             .map_err(ChangeError::Unavailable)?;
@@ -981,6 +997,23 @@ fn usable(
         None => true,
     });
     Ok(state)
+}
+
+/// Gives each canary of `state` without a slice the one the same canary
+/// holds in `before`, so that a config reset keeps its users (resized to
+/// its fraction by `traffic::assign_slices`).
+fn keep_slices(state: &mut DeploymentConfig, before: &DeploymentConfig) {
+    for c in &mut state.challengers {
+        if c.mode == ChallengerMode::Canary
+            && c.slice.is_empty()
+            && let Some(b) = before
+                .challengers
+                .iter()
+                .find(|b| b.model_ref() == c.model_ref() && b.mode == ChallengerMode::Canary)
+        {
+            c.slice = b.slice.clone();
+        }
+    }
 }
 
 fn is(r: &ModelRef, e: &ModelEntry) -> bool {

@@ -95,6 +95,8 @@ async fn oversized_challenger_settings_are_refused_and_change_nothing() {
     let want = json!({
         "model": "breast_cancer", "version": 3, "mode": "canary", "fraction": 0.25,
         "workers": 64, "queue_capacity": 65536, "timeout_ms": 600000, "low_priority": true,
+        // The part of the routing range it answered: the lowest free 25 %.
+        "slice": [[0.0, 0.25]],
     });
     assert_eq!(h[0]["challenger"], want, "{:#}", h[0]);
     assert_eq!(

@@ -881,3 +881,99 @@ mode = "shadow"
     );
     ts.stop().await;
 }
+
+/// The version answering each routing key `user-0` … `user-{n-1}`.
+async fn versions_by_key(ts: &TestServer, n: usize) -> Vec<String> {
+    let rows = breast_cancer_features();
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let body = classifier_request(std::slice::from_ref(&rows[k % rows.len()]));
+        let a = ts
+            .infer_ok("breast_cancer", &body, Some(&format!("user-{k}")))
+            .await;
+        out.push(a.model_version);
+    }
+    out
+}
+
+/// Removing one canary moves none of another canary's users, and the
+/// other's slice (so its users) survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_canary_keeps_the_other_canarys_users() {
+    const KEYS: usize = 200;
+    let extra = r#"
+[deployments.breast_cancer.routing]
+seed = 77
+
+[[deployments.breast_cancer.challengers]]
+model = "breast_cancer"
+version = 3
+mode = "canary"
+fraction = 0.3
+timeout_ms = 60000
+
+[[deployments.breast_cancer.challengers]]
+model = "breast_cancer"
+version = 2
+mode = "canary"
+fraction = 0.2
+timeout_ms = 60000
+"#;
+    let config = test_config("", extra);
+    let mut ts = TestServer::start_config(config.clone()).await;
+    let d = ts.deployment("breast_cancer").await;
+    // Laid end to end in list order, as routing always did.
+    assert_eq!(
+        challenger_of(&d, "breast_cancer", 3).expect("v3")["slice"],
+        json!([[0.0, 0.3]])
+    );
+    let before = versions_by_key(&ts, KEYS).await;
+    let users = |v: &[String], version: &str| -> Vec<usize> {
+        (0..v.len()).filter(|&k| v[k] == version).collect()
+    };
+    let v2_users = users(&before, "2");
+    assert!(!users(&before, "3").is_empty(), "{before:?}");
+    let band = five_sigma(0.2, KEYS);
+    let share = v2_users.len() as f64 / KEYS as f64;
+    assert!((share - 0.2).abs() <= band, "v2 share {share}");
+
+    let (status, body) = delete(
+        &ts,
+        "/admin/deployments/breast_cancer/challengers/breast_cancer/3",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let after = versions_by_key(&ts, KEYS).await;
+    assert_eq!(
+        users(&after, "2"),
+        v2_users,
+        "v2's users are exactly those it had"
+    );
+    for k in 0..KEYS {
+        if before[k] == "3" {
+            assert_eq!(after[k], "1", "user-{k}: v3's users go to the champion");
+        }
+    }
+    assert!(users(&after, "3").is_empty());
+
+    // The slice is stored with the challenger: the same users after a restart.
+    let d = ts.deployment("breast_cancer").await;
+    let slice = challenger_of(&d, "breast_cancer", 2).expect("v2")["slice"].clone();
+    assert_eq!(slice, json!([[0.3, 0.3 + 0.2]]), "{d:#}");
+    let dir = ts
+        .data_dir
+        .take()
+        .expect("the harness made the data directory");
+    ts.stop().await;
+    let mut again = config;
+    again.store.data_dir = dir.path().to_path_buf();
+    let ts = TestServer::start_in(again).await;
+    let d = ts.deployment("breast_cancer").await;
+    assert_eq!(
+        challenger_of(&d, "breast_cancer", 2).expect("v2")["slice"],
+        slice
+    );
+    assert_eq!(versions_by_key(&ts, KEYS).await, after);
+    ts.stop().await;
+    drop(dir);
+}

@@ -557,6 +557,43 @@ async fn manual_promotion_and_rollback_through_the_api_and_the_cli() {
     assert!(is_champion(&d, BC, 3), "manual mode only recommends: {d:#}");
     assert!(records(&history(&ts, name).await, "promotion").is_empty());
 
+    // `contender status` shows the comparison and the recommendation.
+    let d = ts
+        .wait_deployment(name, "every labelled row is paired", |d| {
+            comparison(d, "breast_cancer@3", "breast_cancer@1")
+                .is_some_and(|c| c["pairs"] == truth.len())
+        })
+        .await;
+    let out = cli(&["status", name, "--url", &ts.base], &[]).await;
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    let status = text(&out.stdout);
+    assert!(status.contains("LOG LOSS (window)"), "{status}");
+    let c = comparison(&d, "breast_cancer@3", "breast_cancer@1").expect("compared");
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("breast_cancer@1  accuracy"))
+        .unwrap_or_else(|| panic!("no comparison line in\n{status}"));
+    for part in [
+        format!("{} pairs", c["pairs"]),
+        format!("effect {:+.4}", c["effect"].as_f64().unwrap()),
+        format!("p = {:.4}", c["p_value"].as_f64().unwrap()),
+        "challenger_better".to_owned(),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in {line:?}");
+    }
+    assert!(
+        status.contains(&format!("recommendation (manual): {rec}")),
+        "{status}"
+    );
+    let log = status
+        .lines()
+        .find(|l| l.starts_with("gateway prediction log"))
+        .unwrap_or_else(|| panic!("no prediction log line in\n{status}"));
+    assert!(
+        log.contains(" rows, ") && log.contains(" dropped, "),
+        "{log}"
+    );
+
     // Promote by hand.
     let (status, body) = ts
         .post_json(
@@ -1085,5 +1122,112 @@ async fn a_worse_new_champion_is_rolled_back_automatically() {
         .infer_ok(name, &classifier_request(&breast_cancer_features()), None)
         .await;
     assert_answered_by(&resp.response, 1);
+    ts.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. A rollback restores the live set as it was before the promotion.
+
+/// The version answering each routing key `user-0` … `user-{n-1}`.
+async fn versions_by_key(ts: &TestServer, name: &str, n: usize) -> Vec<String> {
+    let rows = breast_cancer_features();
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let body = classifier_request(std::slice::from_ref(&rows[k % rows.len()]));
+        let a = ts.infer_ok(name, &body, Some(&format!("user-{k}"))).await;
+        out.push(a.model_version);
+    }
+    out
+}
+
+/// The settings of a challenger in the admin JSON, as one comparable value.
+fn settings(d: &Value, version: u64) -> Value {
+    let c = challenger_of(d, BC, version).unwrap_or_else(|| panic!("no v{version} in {d:#}"));
+    json!({
+        "mode": c["mode"], "fraction": c["fraction"], "slice": c["slice"],
+        "workers": c["workers"], "queue_capacity": c["queue_capacity"],
+        "timeout_ms": c["timeout_ms"], "low_priority": c["low_priority"],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_canary_returns_with_its_settings_and_users() {
+    const KEYS: usize = 120;
+    let name = "canaries";
+    let mut extra = deployment(name, BC, 1, &[], "mode = \"manual\"", "");
+    extra.push_str(&format!(
+        r#"
+[deployments.{name}.routing]
+seed = 5
+
+[[deployments.{name}.challengers]]
+model = "breast_cancer"
+version = 3
+mode = "canary"
+fraction = 0.3
+
+[[deployments.{name}.challengers]]
+model = "breast_cancer"
+version = 2
+mode = "canary"
+fraction = 0.2
+workers = 2
+queue_capacity = 100
+timeout_ms = 30000
+low_priority = false
+"#
+    ));
+    let ts = TestServer::start_with("", &extra).await;
+    let before = ts.deployment(name).await;
+    let v2_before = settings(&before, 2);
+    let v3_before = settings(&before, 3);
+    assert_eq!(v2_before["slice"], json!([[0.3, 0.3 + 0.2]]), "{before:#}");
+    let users_before = versions_by_key(&ts, name, KEYS).await;
+    assert!(users_before.iter().any(|v| v == "2"), "{users_before:?}");
+
+    let (status, body) = ts
+        .post_json(
+            &format!("/admin/deployments/{name}/promote"),
+            &json!({ "model": BC, "version": 2, "by": "alice" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(is_champion(&body, BC, 2), "{body:#}");
+    // The previous champion shadows (for keep_previous_secs), as always.
+    assert_eq!(
+        challenger_of(&body, BC, 1).expect("v1 shadows")["mode"],
+        "shadow"
+    );
+    assert_eq!(
+        settings(&body, 3),
+        v3_before,
+        "the other canary is untouched"
+    );
+
+    let (status, body) = ts
+        .post_json(
+            &format!("/admin/deployments/{name}/rollback"),
+            &json!({ "by": "alice", "reason": "undo" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(is_champion(&body, BC, 1), "{body:#}");
+    assert!(challenger_of(&body, BC, 1).is_none(), "{body:#}");
+    assert_eq!(settings(&body, 2), v2_before, "v2 is the canary it was");
+    assert_eq!(settings(&body, 3), v3_before);
+    assert_eq!(
+        versions_by_key(&ts, name, KEYS).await,
+        users_before,
+        "every user is back on the model it had before the promotion"
+    );
+
+    let h = history(&ts, name).await;
+    let r = h.last().expect("a record");
+    assert_eq!(r["action"], "rollback", "{r:#}");
+    assert_eq!(r["from"], model_ref(BC, 2));
+    assert_eq!(r["changes"]["demoted"]["became"], "canary", "{r:#}");
+    assert_eq!(r["challenger"]["mode"], "canary", "{r:#}");
+    assert_eq!(r["challenger"]["fraction"], 0.2, "{r:#}");
+    assert_eq!(r["challenger"]["workers"], 2, "{r:#}");
     ts.stop().await;
 }

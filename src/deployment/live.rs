@@ -231,8 +231,8 @@ impl Member {
 pub struct LiveSet {
     pub champion: Arc<Member>,
     pub challengers: Vec<Arc<Member>>,
-    /// `(mode, fraction)` of each challenger, for routing.
-    pub routes: Vec<(ChallengerMode, f64)>,
+    /// How each challenger takes traffic (mode, fraction, slice), for routing.
+    pub routes: Vec<crate::traffic::Lane>,
     pub routing: RoutingConfig,
     /// Which requests feed drift monitoring; `None` when it is off.
     pub drift: Option<crate::drift::monitor::Sampling>,

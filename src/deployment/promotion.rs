@@ -58,12 +58,14 @@ pub struct HistoryRecord {
     /// The deployment's configuration in force when it happened.
     pub config: DeploymentConfig,
     /// `challenger_added`/`challenger_removed`: the challenger's settings
-    /// (mode, fraction, workers, queue, timeout) added or removed.
+    /// (mode, fraction, slice, workers, queue, timeout) added or removed;
+    /// `rollback`: the settings the demoted champion has now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenger: Option<ChallengerConfig>,
     /// `config_changed`/`state_reset`: what replacing the stored state with
     /// the config entry changed (config keys, challengers dropped or added,
-    /// champion, promotion bookkeeping dropped).
+    /// champion, promotion bookkeeping dropped); `rollback`: what the
+    /// demoted champion became (`demoted`: model, mode, fraction, why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<Value>,
 }
@@ -399,8 +401,14 @@ impl Gateway {
         Ok(state)
     }
 
-    /// Makes the previous champion the champion again (the demoted one keeps
-    /// shadowing, and the policy will not promote it again by itself).
+    /// Makes the previous champion the champion again: the live set as it
+    /// was before the promotion. The demoted model goes back to the
+    /// challenger it was, with the settings it had then (mode, fraction,
+    /// slice — so a canary gets its users back — workers, queue, timeout);
+    /// one that was not a challenger before (the champion came from
+    /// elsewhere) becomes a shadow of every request, with default settings
+    /// and no expiry. Either way the policy will not promote it again by
+    /// itself, and the history entry says what it became.
     pub async fn rollback(
         &self,
         name: &str,
@@ -414,11 +422,17 @@ impl Gateway {
         let _guard = d.changes.lock().await;
         let old = d.state();
         let mut runtime = d.runtime();
+        let last_promotion = self.last_promotion(name)?;
         let target = match &runtime.previous {
             Some(p) => p.model.clone(),
-            None => self.last_promoted_from(name)?.ok_or_else(|| {
-                ChangeError::Invalid(format!("'{name}' has no previous champion to roll back to"))
-            })?,
+            None => last_promotion
+                .as_ref()
+                .and_then(|r| r.from.clone())
+                .ok_or_else(|| {
+                    ChangeError::Invalid(format!(
+                        "'{name}' has no previous champion to roll back to"
+                    ))
+                })?,
         };
         if target == old.champion {
             return Err(ChangeError::Invalid(format!(
@@ -430,15 +444,41 @@ impl Gateway {
         let mut state = old.clone();
         state.champion = target.clone();
         state.challengers.retain(|c| c.model_ref() != target);
-        if !state.challengers.iter().any(|c| c.model_ref() == demoted) {
-            state.challengers.push(shadow_of(&demoted));
-        }
+        // What the demoted model was before the promotion being undone: the
+        // promotion's record holds the configuration then in force.
+        let before = last_promotion
+            .filter(|r| r.to.as_ref() == Some(&demoted) && r.from.as_ref() == Some(&target))
+            .and_then(|r| {
+                r.config
+                    .challengers
+                    .into_iter()
+                    .find(|c| c.model_ref() == demoted)
+            });
+        let (demoted_as, became) = match state.challengers.iter().find(|c| c.model_ref() == demoted)
+        {
+            Some(c) => (
+                c.clone(),
+                "unchanged: it was already a challenger".to_owned(),
+            ),
+            None => {
+                let (c, became) = demoted_settings(&state, &demoted, before);
+                state.challengers.push(c.clone());
+                (c, became)
+            }
+        };
         runtime.previous = None;
         if !runtime.blocked.contains(&demoted) {
             runtime.blocked.push(demoted.clone());
         }
         runtime.refused.clear();
         runtime.recommendation = None;
+        crate::traffic::assign_slices(&mut state.challengers);
+        let demoted_as = state
+            .challengers
+            .iter()
+            .find(|c| c.model_ref() == demoted)
+            .cloned()
+            .unwrap_or(demoted_as);
         let record = HistoryRecord {
             action: "rollback".into(),
             trigger,
@@ -447,8 +487,15 @@ impl Gateway {
             reason,
             evidence,
             config: old,
-            challenger: None,
-            changes: None,
+            challenger: Some(demoted_as.clone()),
+            changes: Some(serde_json::json!({
+                "demoted": {
+                    "model": demoted,
+                    "became": demoted_as.mode,
+                    "fraction": demoted_as.fraction,
+                    "why": became,
+                }
+            })),
         };
         let state = self.apply_with(d, state, runtime, Some(&record)).await?;
         tracing::warn!(deployment = name, from = %demoted, to = %target, "rolled back");
@@ -456,15 +503,15 @@ impl Gateway {
         Ok(state)
     }
 
-    fn last_promoted_from(&self, name: &str) -> Result<Option<ModelRef>, ChangeError> {
+    /// The record of the deployment's last promotion.
+    fn last_promotion(&self, name: &str) -> Result<Option<HistoryRecord>, ChangeError> {
         Ok(self
             .store()
             .history(name)?
             .into_iter()
             .rev()
             .filter_map(|(_, r)| serde_json::from_str::<HistoryRecord>(&r).ok())
-            .find(|r| r.action == "promotion")
-            .and_then(|r| r.from))
+            .find(|r| r.action == "promotion"))
     }
 
     /// Retires previous champions whose shadowing period is over.
@@ -527,7 +574,47 @@ fn shadow_of(r: &ModelRef) -> ChallengerConfig {
         queue_capacity: 64,
         timeout_ms: 1000,
         low_priority: true,
+        slice: Vec::new(),
     }
+}
+
+/// What a demoted champion becomes on a rollback, and why: the challenger
+/// it was before the promotion (`before`), with its settings and slice; a
+/// shadow of every request when it was none. A canary whose share no longer
+/// fits (the other canaries took more of the traffic since) comes back as a
+/// shadow of every request with its other settings.
+fn demoted_settings(
+    state: &DeploymentConfig,
+    demoted: &ModelRef,
+    before: Option<ChallengerConfig>,
+) -> (ChallengerConfig, String) {
+    let Some(mut c) = before else {
+        return (
+            shadow_of(demoted),
+            "a shadow of every request: it was not a challenger before the promotion".into(),
+        );
+    };
+    let others: f64 = state
+        .challengers
+        .iter()
+        .filter(|o| o.mode == ChallengerMode::Canary)
+        .map(|o| o.fraction)
+        .sum();
+    if c.mode == ChallengerMode::Canary && others + c.fraction > 1.0 + 1e-9 {
+        let why = format!(
+            "a shadow of every request: as a canary at {} it no longer fits beside the other canaries ({others} of the traffic)",
+            c.fraction
+        );
+        c.mode = ChallengerMode::Shadow;
+        c.fraction = 1.0;
+        c.slice.clear();
+        return (c, why);
+    }
+    let why = format!(
+        "the {} it was before the promotion, with the same settings",
+        c.mode.as_str()
+    );
+    (c, why)
 }
 
 /// The audit record of a challenger added (`to`) or removed (`from`) by a

@@ -66,6 +66,20 @@ pub(super) fn state_unreadable(seed: &DeploymentConfig, why: &str) -> HistoryRec
     }
 }
 
+/// Whether two entries of one challenger have the same settings; the slice
+/// counts only when the config entry pins one (a canary reset from the
+/// config keeps the slice it held).
+fn same_settings(stored: &ChallengerConfig, seed: &ChallengerConfig) -> bool {
+    if seed.slice.is_empty() {
+        ChallengerConfig {
+            slice: Vec::new(),
+            ..stored.clone()
+        } == *seed
+    } else {
+        stored == seed
+    }
+}
+
 fn record(
     action: &str,
     why: String,
@@ -108,7 +122,7 @@ fn record(
         if let Some(o) = old
             .challengers
             .iter()
-            .find(|o| o.model_ref() == c.model_ref() && *o != c)
+            .find(|o| o.model_ref() == c.model_ref() && !same_settings(o, c))
         {
             lost.push(format!("challenger {}'s settings replaced", c.model_ref()));
             changed.push(json!({ "from": o, "to": c }));
@@ -204,6 +218,7 @@ mod tests {
             queue_capacity: 64,
             timeout_ms: 1000,
             low_priority: true,
+            slice: Vec::new(),
         }
     }
 

@@ -54,6 +54,9 @@ fn member_json(m: &Member) -> Value {
         v["queue_capacity"] = json!(c.queue_capacity);
         v["timeout_ms"] = json!(c.timeout_ms);
         v["low_priority"] = json!(c.low_priority);
+        if !c.slice.is_empty() {
+            v["slice"] = json!(c.slice);
+        }
     }
     v
 }
@@ -81,6 +84,7 @@ pub fn deployment_json(g: &Gateway, d: &Deployment) -> Value {
                     "model": c.model, "version": c.version, "mode": c.mode, "fraction": c.fraction,
                     "workers": c.workers, "queue_capacity": c.queue_capacity,
                     "timeout_ms": c.timeout_ms, "low_priority": c.low_priority,
+                    "slice": c.slice,
                     "live": false,
                     "reason": d.down_reason(&c.model_ref())
                         .unwrap_or_else(|| "not in the live set".into()),

@@ -936,6 +936,12 @@ impl Config {
                 return Err(ConfigError::new(key, "must be greater than 0"));
             }
         }
+        if self.server.max_connections > 1_000_000 {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "at most 1000000 (each connection is a file descriptor)",
+            ));
+        }
         if !(self.runtime.inline_budget_us >= 0.0 && self.runtime.inline_budget_us.is_finite()) {
             return Err(ConfigError::new(
                 "runtime.inline_budget_us",

@@ -183,7 +183,11 @@ impl Server {
         let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        // The connections' tasks: those still running when the drain times
+        // out are stopped before the store closes.
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
+            while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
                 p = Arc::clone(&connections).acquire_owned() => {
                     p.expect("the connection semaphore is never closed")
@@ -208,7 +212,7 @@ impl Server {
             );
             let conn =
                 graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service));
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(client = %remote, error = %e, "connection ended with an error");
                 }
@@ -229,6 +233,8 @@ impl Server {
                 "drain timeout reached; closing remaining connections"
             );
         }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
         loading.abort();
         policy.abort();
         notifier.abort();

@@ -159,6 +159,11 @@ pub(crate) enum Control {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// Write what is queued, close the database and stop the writer; the
+    /// reply comes once the connection is closed.
+    Close {
+        reply: oneshot::Sender<()>,
+    },
     SaveDrift {
         deployment: String,
         state: String,
@@ -298,13 +303,17 @@ impl Store {
         })
     }
 
-    /// Writes every prediction queued so far, then releases the data
-    /// directory's lock, so that another contender may use it (a graceful
-    /// shutdown, before exit).
+    /// Writes every prediction queued so far, stops the writer (closing the
+    /// database), then releases the data directory's lock, so that another
+    /// contender may use it (a graceful shutdown, before exit). Predictions
+    /// logged after this are dropped (counted); while the writer is still
+    /// running, the lock is kept.
     pub async fn close(&self) -> Result<(), StoreError> {
-        let flushed = self.flush().await;
+        let (reply, rx) = oneshot::channel();
+        self.send(Control::Close { reply })?;
+        rx.await.map_err(|_| StoreError::Stopped)?;
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
-        flushed
+        Ok(())
     }
 
     /// Rebuilds the evaluation state from what is stored.

@@ -644,6 +644,21 @@ async fn cross_origin_browser_requests_cannot_change_state() {
         assert_error(status, &body, 403, &["cross-origin"]);
     }
 
+    // DNS rebinding: a page of evil.example whose name now resolves to
+    // 127.0.0.1 is "same-origin" to the browser; its Host gives it away.
+    let port = ts.addr.port();
+    let r = ts
+        .client
+        .delete(ts.url("/admin/deployments/breast_cancer/challengers/breast_cancer/2"))
+        .header("host", format!("evil.example:{port}"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("remove");
+    let status = r.status();
+    let body: Value = r.json().await.expect("a JSON error");
+    assert_error(status, &body, 403, &["localhost", "evil.example"]);
+
     // Nothing changed: the challenger is there and the label is new.
     let (status, d) = ts.get_json("/admin/deployments/breast_cancer").await;
     assert_eq!(status, 200, "{d}");

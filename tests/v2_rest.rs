@@ -1043,7 +1043,9 @@ async fn responses_are_compressed_on_request() {
     let s = TestServer::start().await;
     let infer = "/v2/models/breast_cancer/infer";
     let rows = breast_cancer_features();
-    let big = classifier_request(&rows[..32]);
+    // 1,024 rows: an answer of about 30 KB (compressed from 16 KiB up).
+    let many: Vec<Vec<f64>> = rows.iter().cycle().take(1024).cloned().collect();
+    let big = classifier_request(&many);
     let plain = {
         let (status, body) = s.post_json(infer, &big).await;
         assert_eq!(status, 200, "{body}");
@@ -1089,8 +1091,11 @@ async fn responses_are_compressed_on_request() {
         let body: Value = serde_json::from_slice(&text).expect("JSON");
         assert_eq!(body["outputs"], plain["outputs"], "{accept}");
     }
-    // A one-row answer is too small to gain from it.
-    let r = send("gzip", one_row()).await.expect("infer");
+    // A 32-row answer (about 2 KB) is too small to gain from it.
+    let r = send("gzip", classifier_request(&rows[..32]))
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
     assert!(r.headers().get("content-encoding").is_none());
     s.stop().await;
 }

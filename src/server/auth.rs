@@ -76,6 +76,29 @@ pub fn same_origin(headers: &http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Whether a `Host` header names this machine's loopback interface
+/// (`localhost`, `127.0.0.1`, `[::1]`, with or without a port). Without an
+/// admin token, local clients are trusted; a browser on this machine can be
+/// made to send a local request under an attacker's name (DNS rebinding:
+/// `evil.example` resolving to 127.0.0.1), which then counts as that page's
+/// own origin — the name in `Host` gives it away.
+fn is_loopback_host(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(ip, _)| ip),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A layer of [`same_origin`] alone.
 pub async fn not_cross_origin(req: Request, next: Next) -> Response {
     match same_origin(req.headers()) {
@@ -107,6 +130,18 @@ pub async fn admin(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
                 return unauthorized(
                     "the admin API answers only local clients unless server.admin_token is set",
                 );
+            }
+            if let Some(host) = req.headers().get(header::HOST)
+                && !is_loopback_host(host.as_bytes())
+            {
+                return ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "without server.admin_token the admin API answers only clients that address it as localhost or a loopback address, not {:?}",
+                        String::from_utf8_lossy(host.as_bytes())
+                    ),
+                )
+                .into_response();
             }
         }
     }
@@ -181,6 +216,32 @@ mod tests {
         ] {
             let e = same_origin(&headers(refused)).expect_err("refused");
             assert_eq!(e.kind(), ErrorKind::Forbidden, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_apart_from_other_names() {
+        for ok in [
+            "localhost",
+            "localhost:8000",
+            "LOCALHOST:8000",
+            "127.0.0.1",
+            "127.0.0.1:8000",
+            "127.1.2.3:9",
+            "[::1]",
+            "[::1]:8000",
+        ] {
+            assert!(is_loopback_host(ok.as_bytes()), "{ok}");
+        }
+        for refused in [
+            "evil.example:8000",
+            "evil.example",
+            "10.0.0.5:8000",
+            "[2001:db8::1]:8000",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:8000",
+        ] {
+            assert!(!is_loopback_host(refused.as_bytes()), "{refused}");
         }
     }
 

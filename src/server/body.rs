@@ -47,10 +47,6 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-/// Compressed bodies up to this size are inflated on the async worker (tens
-/// of microseconds); larger ones on the blocking pool.
-const INLINE_INFLATE_BYTES: usize = 16 * 1024;
-
 /// Reads the whole body within `timeout`, refusing more than `limit` bytes,
 /// and inflates a gzip or deflate body (`Content-Encoding`, as
 /// `tritonclient`'s `request_compression_algorithm` sends it); `limit` holds
@@ -94,9 +90,8 @@ pub async fn read(
     if encoding == Encoding::Identity {
         return Ok(bytes);
     }
-    if bytes.len() <= INLINE_INFLATE_BYTES {
-        return inflate(&bytes, encoding, limit);
-    }
+    // On the blocking pool whatever the compressed size: a few KiB can
+    // inflate to `limit` (deflate reaches about 1000:1).
     tokio::task::spawn_blocking(move || inflate(&bytes, encoding, limit))
         .await
         .map_err(|e| ApiError::internal(&e))?
@@ -145,11 +140,14 @@ fn inflate(compressed: &[u8], encoding: Encoding, limit: usize) -> Result<Bytes,
     Ok(Bytes::from(out))
 }
 
-/// Responses at least this large are compressed when the client accepts it
-/// (smaller ones gain less than the work costs).
-const COMPRESS_MIN_BYTES: usize = 1024;
+/// Responses at least this large are compressed when the client accepts it.
+/// Smaller ones gain less than the work costs; most HTTP libraries (Python's
+/// `requests`, Go's `net/http`) send `Accept-Encoding: gzip` by default, so
+/// the typical few-row answer must not pay for it.
+const COMPRESS_MIN_BYTES: usize = 16 * 1024;
 /// Responses larger than this go out uncompressed (HTTP lets a server
-/// decline): compressing them would hold an async worker for milliseconds.
+/// decline): compressing them would hold an async worker for more than the
+/// encoding of the answer itself (about 1 ms at 256 KiB).
 const COMPRESS_MAX_BYTES: usize = 256 * 1024;
 
 /// The response body compressed as the request's `Accept-Encoding` asks

@@ -317,6 +317,9 @@ pub struct Writer {
     /// When a reused request id was last logged, and the rows skipped since.
     duplicate_warned: Option<Instant>,
     duplicates_unreported: u64,
+    /// A close was asked for: the loop ends, and this is answered once the
+    /// connection is closed.
+    closing: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// One model's prediction for a request row, kept in memory a while.
@@ -473,6 +476,7 @@ impl Writer {
             write_began: false,
             duplicate_warned: None,
             duplicates_unreported: 0,
+            closing: None,
         }
     }
 
@@ -554,6 +558,9 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if self.closing.is_some() {
+                break;
+            }
             let over_cap = self.counters.rows.load(Ordering::Relaxed)
                 > self.settings.max_predictions + self.settings.max_predictions / 20;
             if over_cap || self.sweep_pending || self.last_sweep.elapsed() >= SWEEP_EVERY {
@@ -562,6 +569,12 @@ impl Writer {
         }
         self.drain_all(&predictions);
         self.flush();
+        // The connection closes before a close is answered.
+        let closing = self.closing.take();
+        drop(self);
+        if let Some(reply) = closing {
+            let _ = reply.send(());
+        }
     }
 
     /// Takes queued predictions up to a batch.
@@ -610,6 +623,9 @@ impl Writer {
             }
             Control::Flush { reply } => {
                 let _ = reply.send(());
+            }
+            Control::Close { reply } => {
+                self.closing = Some(reply);
             }
             Control::SaveDrift {
                 deployment,

@@ -198,6 +198,11 @@ pub struct Gateway {
     repository: ArcSwap<Repository>,
     /// Serialises rescans of the repository.
     rescan: tokio::sync::Mutex<()>,
+    /// Serialises model loads with each other and with unloads, so that one
+    /// version is never loaded twice at once and an unload is never undone
+    /// by a load finishing after it. Taken after a deployment's `changes`
+    /// lock, never before.
+    loading: tokio::sync::Mutex<()>,
     models: ArcSwap<ModelTable>,
     deployments: BTreeMap<String, Deployment>,
     ready: AtomicBool,
@@ -397,6 +402,7 @@ impl Gateway {
             config,
             repository: ArcSwap::from_pointee(repository),
             rescan: tokio::sync::Mutex::new(()),
+            loading: tokio::sync::Mutex::new(()),
             models: ArcSwap::from_pointee(table),
             deployments,
             ready: AtomicBool::new(false),
@@ -516,7 +522,13 @@ impl Gateway {
         self.store.save_deployment(&d.name, json, history).await
     }
 
+    /// Loads and warms one version (unless another load finished it while
+    /// this one waited its turn: that model is returned) and records it.
     async fn load_one(&self, entry: Arc<ModelEntry>) -> ModelState {
+        let _loading = self.loading.lock().await;
+        if let Some(ready @ ModelState::Ready(_)) = self.state(&entry.name, entry.version) {
+            return ready;
+        }
         let settings = self
             .config
             .models
@@ -732,6 +744,9 @@ impl Gateway {
         for d in self.deployments.values() {
             guards.push(d.changes.lock().await);
         }
+        // No load runs meanwhile: one that started before this unload
+        // finishes first (and is then unloaded), none writes READY after it.
+        let _loading = self.loading.lock().await;
         let mut users = Vec::new();
         for d in self.deployments.values() {
             let state = d.state();

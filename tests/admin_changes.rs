@@ -504,6 +504,96 @@ async fn repository_load_and_unload() {
     ts.stop().await;
 }
 
+/// How many times `model` version 1 was loaded and warmed, from the
+/// process-wide load-duration metric.
+async fn loads_of(ts: &TestServer, model: &str) -> u64 {
+    let metrics = ts.metrics_text().await;
+    let label = format!("model=\"{model}\"");
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("contender_model_load_duration_seconds_count{") && l.contains(&label)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no load count for {model}: {metrics}"))
+}
+
+/// The repository index's state of `model` version 1.
+async fn index_state(ts: &TestServer, model: &str) -> String {
+    let (_, index) = ts.post_json("/v2/repository/index", &json!({})).await;
+    index
+        .as_array()
+        .expect("index")
+        .iter()
+        .find(|m| m["name"] == model)
+        .and_then(|m| m["state"].as_str())
+        .unwrap_or_else(|| panic!("{model} not indexed: {index}"))
+        .to_owned()
+}
+
+/// Repository loads of one model at once load it once (the others find it
+/// ready and succeed); an unload racing loads is never undone by one: the
+/// index's state always matches whether the model answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_repository_loads_load_once_and_unloads_stay_consistent() {
+    // `dtypes` under a name no other test uses: the load metric (shared by
+    // every server in this process) counts this test's loads alone.
+    let repo = support::repository_with(&[("dtrace", &models_dir().join("dtypes"))]);
+    let mut config = test_config("", "");
+    config.repository.path = repo.path().to_path_buf();
+    let ts = TestServer::start_config(config).await;
+    ts.wait_all_loaded().await;
+    let infer = json!({"inputs": [
+        {"name": "x_fp32", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]},
+        {"name": "x_fp64", "shape": [1, 3], "datatype": "FP64", "data": [1.0, 2.0, 3.0]},
+        {"name": "x_i32", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]},
+        {"name": "x_i64", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]},
+        {"name": "x_bool", "shape": [1, 3], "datatype": "BOOL", "data": [true, false, true]},
+        {"name": "x_u8", "shape": [1, 3], "datatype": "UINT8", "data": [1, 2, 3]}
+    ]});
+    let empty = json!({});
+    let load = || ts.post_json("/v2/repository/models/dtrace/load", &empty);
+    let unload = || ts.post_json("/v2/repository/models/dtrace/unload", &empty);
+    if index_state(&ts, "dtrace").await != "READY" {
+        let (status, body) = load().await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = unload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(index_state(&ts, "dtrace").await, "UNAVAILABLE");
+
+    // Four loads at once: all succeed, one of them loads.
+    let before = loads_of(&ts, "dtrace").await;
+    let answers = tokio::join!(load(), load(), load(), load());
+    for (status, body) in [answers.0, answers.1, answers.2, answers.3] {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["versions"], json!(["1"]), "{body}");
+    }
+    assert_eq!(loads_of(&ts, "dtrace").await, before + 1);
+    assert_eq!(index_state(&ts, "dtrace").await, "READY");
+    let (status, body) = ts.post_json("/v2/models/dtrace/infer", &infer).await;
+    assert_eq!(status, 200, "{body}");
+
+    // An unload among loads: whichever runs last wins, and the index says
+    // which (never UNAVAILABLE while it answers, or READY while it does not).
+    for _ in 0..3 {
+        let (a, u, b) = tokio::join!(load(), unload(), load());
+        for (status, body) in [a, u, b] {
+            assert_eq!(status, 200, "{body}");
+        }
+        let state = index_state(&ts, "dtrace").await;
+        let (status, body) = ts.post_json("/v2/models/dtrace/infer", &infer).await;
+        match state.as_str() {
+            "READY" => assert_eq!(status, 200, "{body}"),
+            "UNAVAILABLE" => {
+                assert_error(status, &body, 503, &["dtrace"]);
+            }
+            other => panic!("dtrace is {other}"),
+        }
+    }
+    ts.stop().await;
+}
+
 /// DELETE a challenger of breast_cancer; `suffix` is a query string or
 /// empty, `body` an optional JSON body.
 async fn delete_challenger(

@@ -135,7 +135,7 @@ async fn a_reused_request_id_is_counted_and_the_first_request_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_label_whose_served_answer_was_evicted_expires() {
+async fn a_label_whose_served_answer_was_evicted_joins_the_rest() {
     let shadow = r#"
 [[deployments.breast_cancer.challengers]]
 model = "breast_cancer"
@@ -172,16 +172,25 @@ timeout_ms = 60000
     let (status, body) = ts
         .feedback("breast_cancer", &json!({"id": answers[0].id, "label": 1}))
         .await;
-    assert_eq!(status, 410, "{body}");
+    // Accepted, joined to the shadow's row alone, and saying so.
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "accepted", "{body}");
+    let message = body["message"].as_str().unwrap_or("");
+    assert!(message.contains("joined to breast_cancer@2;"), "{body}");
+    assert!(
+        message.contains("no longer in the prediction log"),
+        "{body}"
+    );
     // The other request, whole, joins both models.
     let (status, body) = ts
         .feedback("breast_cancer", &json!({"id": answers[1].id, "label": 1}))
         .await;
     assert_eq!(status, 200, "{body}");
+    assert!(body.get("message").is_none(), "{body}");
     let d = ts.deployment("breast_cancer").await;
-    for v in [1, 2] {
+    for (v, labelled) in [(1, 1), (2, 2)] {
         let m = support::eval_of(&d, "breast_cancer", v).expect("evaluated");
-        assert_eq!(m["labelled"], 1, "v{v}: {m}");
+        assert_eq!(m["labelled"], labelled, "v{v}: {m}");
     }
     ts.stop().await;
 }

@@ -12,14 +12,14 @@
 //! batch).
 //!
 //! A 2xx answer means the labels are durable. Each well-formed label is:
-//! `accepted` (stored and joined to every model's prediction, including
-//! predictions logged after it), `duplicate` (the same label was already
+//! `accepted` (stored and joined to every model's prediction still in the
+//! log, including predictions logged after it; when the served answer's row
+//! is gone but others remain, its `message` says so), `duplicate` (the same label was already
 //! stored: counted once), `conflict` (a different label is already stored:
 //! refused, never overwritten), `unknown_id` (no prediction for that id and
 //! row: never served here, or removed by retention or the size cap before
 //! the label came), `expired` (the predictions are past the retention
-//! window, or the served answer's row is gone from the log while other
-//! models' rows remain) or `invalid` (the label does not fit the task: not
+//! window) or `invalid` (the label does not fit the task: not
 //! a class, not a finite number, out of range). When the store cannot be
 //! written (locked by another process, read-only, disk full) the request
 //! answers 503 with the store's reason, and nothing is stored. A single label answers 200 for

@@ -349,8 +349,8 @@ type PairKey = (Arc<str>, Arc<str>, u64);
 ///
 /// Invariant: while a request row is here, its `label` is the stored label,
 /// if any (feedback sets it; an entry made for a row that is not here reads
-/// it from the labels table, except for a served row, which never follows
-/// its label).
+/// it from the labels table, except for a served row, which comes before
+/// the other models' rows of its request).
 struct Recent {
     rows: HashMap<RecentKey, RecentRow>,
     order: std::collections::VecDeque<RecentKey>,
@@ -982,13 +982,14 @@ impl Writer {
                         pair.1 += 1;
                     }
                     // A label stored before this row: joined now, as feedback
-                    // would have joined it had the row come first. Only a row
-                    // that was not served can follow its label; its label is
-                    // in `recent` with its request row, or else in the
-                    // labels table.
+                    // would have joined it had the row come first. Its label
+                    // is in `recent` with its request row, or else in the
+                    // labels table. A served row comes first, so it reads
+                    // no table (a label can only precede it when other
+                    // models' rows did, and those brought it into `recent`).
                     let label = match known {
-                        _ if r.served => None,
                         Some(row) => row.label.clone(),
+                        None if r.served => None,
                         None => find_label
                             .query_row(params![&*r.deployment, &*r.request_id, r.row], |row| {
                                 row.get::<_, String>(0)
@@ -1423,21 +1424,6 @@ impl Writer {
                         ));
                         continue;
                     }
-                    // Other models' rows without the served one (the size
-                    // cap evicted it, or it was never logged): they would
-                    // be compared on rows the served model is not.
-                    if kind.is_some() && !served {
-                        results.push(result(
-                            FeedbackStatus::Expired,
-                            Some(format!(
-                                "the answer served for request id {:?} row {} is no longer in \
-                                 the prediction log (removed by the size cap, store.max_predictions); \
-                                 labels for it are no longer taken",
-                                item.id, item.row
-                            )),
-                        ));
-                        continue;
-                    }
                     let Some(kind) = kind else {
                         results.push(result(
                             FeedbackStatus::UnknownId,
@@ -1469,10 +1455,12 @@ impl Writer {
                     let mut champion: Option<(ModelKey, crate::evaluation::metrics::Outcome)> =
                         None;
                     let mut challengers = Vec::new();
+                    let mut joined: Vec<String> = Vec::new();
                     for (model, version, prediction, role) in predictions {
                         let Some(outcome) = prediction.outcome(&label) else {
                             continue;
                         };
+                        joined.push(format!("{model}@{version}"));
                         let k: ModelKey = (model.clone(), version);
                         match role {
                             Some(Role::Champion) => champion = Some((k, outcome.clone())),
@@ -1509,7 +1497,26 @@ impl Writer {
                         }
                     }
                     labelled += 1;
-                    results.push(result(FeedbackStatus::Accepted, None));
+                    // Other models' rows without the served one (the size cap
+                    // or retention evicted it, or the log's queue was full
+                    // and it was dropped): the label joins the rows that
+                    // remain (pairs only where both exist), and says so.
+                    let note = (!served).then(|| {
+                        format!(
+                            "joined to {}; the prediction answered for request id {:?} row {} \
+                             is no longer in the prediction log (evicted by retention or the \
+                             size cap, store.max_predictions, or dropped when the log's queue \
+                             was full)",
+                            if joined.is_empty() {
+                                "no model".to_owned()
+                            } else {
+                                joined.join(", ")
+                            },
+                            item.id,
+                            item.row
+                        )
+                    });
+                    results.push(result(FeedbackStatus::Accepted, note));
                 }
                 self.evaluator.add_labelled(deployment, labelled);
                 save_evals(&self.evaluator, &self.path, &tx, &touched)?;
@@ -2042,11 +2049,11 @@ mod tests {
         assert_eq!(counted(), (cap, 10 + fresh - cap));
     }
 
-    /// A label joins only while the answer the application got is in the
-    /// log: the size cap may have evicted the served row and kept a
-    /// shadow's; the label then expires instead of joining the shadow alone.
+    /// A label joins the predictions still in the log: when the size cap
+    /// evicted the served row (or the queue dropped it) and kept a shadow's,
+    /// the label is accepted, joins the shadow alone (no pair), and says so.
     #[test]
-    fn a_label_whose_served_row_is_gone_expires() {
+    fn a_label_whose_served_row_is_gone_joins_the_rest() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut w, evaluator, _) = writer(dir.path(), 1_000_000);
         w.write_predictions(&mut vec![
@@ -2064,19 +2071,17 @@ mod tests {
             )
             .expect("deleted");
         let r = label(&mut w, "a", serde_json::json!(1));
-        assert_eq!(r.status, FeedbackStatus::Expired, "{r:?}");
-        assert!(
-            r.message
-                .as_deref()
-                .unwrap_or("")
-                .contains("max_predictions"),
-            "{r:?}"
-        );
-        assert_eq!(joined(&evaluator, 2), (0, 0));
+        assert_eq!(r.status, FeedbackStatus::Accepted, "{r:?}");
+        let message = r.message.as_deref().unwrap_or("");
+        assert!(message.contains("joined to m@2;"), "{r:?}");
+        assert!(message.contains("no longer in the prediction log"), "{r:?}");
+        // The shadow has its outcome; no pair without the champion's row.
+        assert_eq!(joined(&evaluator, 2), (1, 0));
         // With its served row, a label joins both models.
         let r = label(&mut w, "b", serde_json::json!(1));
         assert_eq!(r.status, FeedbackStatus::Accepted, "{r:?}");
-        assert_eq!(joined(&evaluator, 2), (1, 1));
+        assert_eq!(r.message, None, "{r:?}");
+        assert_eq!(joined(&evaluator, 2), (2, 1));
     }
 
     /// A request id used again: the later rows are not logged, counted as

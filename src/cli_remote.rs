@@ -273,22 +273,15 @@ fn print_gateway(out: &mut impl std::io::Write, g: &Value) {
     let Some(log) = g["prediction_log"].as_object() else {
         return;
     };
-    let mut parts = Vec::new();
-    for (key, wording) in [
-        ("rows", "rows"),
-        ("dropped", "dropped"),
-        ("evicted", "evicted"),
-    ] {
-        if let Some(v) = log.get(key) {
-            parts.push(format!("{v} {wording}"));
-        }
-    }
-    let mut others = Vec::new();
-    flatten("", &Value::Object(log.clone()), &mut others);
+    // The three counters every gateway has, worded; any other as `name: value`.
+    const WORDED: [&str; 3] = ["rows", "dropped", "evicted"];
+    let mut parts: Vec<String> = WORDED
+        .iter()
+        .filter_map(|k| log.get(*k).map(|v| format!("{v} {k}")))
+        .collect();
     parts.extend(
-        others
-            .into_iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "rows" | "dropped" | "evicted"))
+        log.iter()
+            .filter(|(k, _)| !WORDED.contains(&k.as_str()))
             .map(|(k, v)| format!("{k}: {v}")),
     );
     let _ = writeln!(
@@ -296,24 +289,6 @@ fn print_gateway(out: &mut impl std::io::Write, g: &Value) {
         "gateway prediction log (all deployments together): {}",
         parts.join(", ")
     );
-}
-
-/// Every scalar under `v`, named by its path (`a.b`).
-fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::Object(map) => {
-            for (k, x) in map {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&name, x, out);
-            }
-        }
-        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
-        other => out.push((prefix.to_owned(), other.to_string())),
-    }
 }
 
 pub fn status(config: &Config, deployment: Option<&str>, remote: &Remote) -> ExitCode {

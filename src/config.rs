@@ -720,6 +720,17 @@ impl Default for PromotionConfig {
 }
 
 impl DeploymentConfig {
+    /// The champion, then every challenger.
+    pub fn members(&self) -> impl Iterator<Item = ModelRef> + '_ {
+        std::iter::once(self.champion.clone())
+            .chain(self.challengers.iter().map(ChallengerConfig::model_ref))
+    }
+
+    /// Whether `r` is the champion or a challenger.
+    pub fn has_member(&self, r: &ModelRef) -> bool {
+        &self.champion == r || self.challengers.iter().any(|c| &c.model_ref() == r)
+    }
+
     /// Checks the deployment's own consistency; `key` is `deployments.<name>`.
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if self.champion.version == 0 {
@@ -915,13 +926,8 @@ impl Config {
                 ));
             }
         }
-        if self.server.max_body_bytes == 0 {
-            return Err(ConfigError::new(
-                "server.max_body_bytes",
-                "must be greater than 0",
-            ));
-        }
         for (key, value) in [
+            ("server.max_body_bytes", self.server.max_body_bytes as u64),
             (
                 "server.header_read_timeout_secs",
                 self.server.header_read_timeout_secs,

@@ -296,24 +296,24 @@ impl Gateway {
         let mut unsaved = Vec::new();
         let mut runtimes: HashMap<String, Runtime> = HashMap::new();
         for (name, seed) in &config.deployments {
-            let state = match stored
+            let parsed = stored
                 .get(name)
-                .map(|s| serde_json::from_str::<StoredDeployment>(s))
-            {
+                .map(|s| serde_json::from_str::<StoredDeployment>(s));
+            let mut state = match &parsed {
                 Some(Ok(s)) if &s.seed == seed => match usable(&repository, s.state.clone()) {
                     Ok(state) => {
-                        runtimes.insert(name.clone(), s.runtime);
+                        runtimes.insert(name.clone(), s.runtime.clone());
                         state
                     }
                     Err(why) => {
                         tracing::warn!(deployment = %name, reason = %why, "stored state is not usable; starting from the config");
-                        unsaved.push((name.clone(), Some(reset::state_unusable(&s, seed, &why))));
+                        unsaved.push((name.clone(), Some(reset::state_unusable(s, seed, &why))));
                         seed.clone()
                     }
                 },
                 Some(Ok(s)) => {
                     // Recorded in the history with the state it replaces.
-                    let record = reset::config_changed(&s, seed);
+                    let record = reset::config_changed(s, seed);
                     tracing::warn!(deployment = %name, reason = %record.reason, "the config entry changed since the state was stored; starting from the config");
                     unsaved.push((name.clone(), Some(record)));
                     seed.clone()
@@ -331,14 +331,10 @@ impl Gateway {
                     seed.clone()
                 }
             };
-            let mut state = state;
             // A state stored before slices gets them laid out as routing
             // was then (fractions end to end in list order); one reset from
             // the config keeps the slices its canaries held.
-            if let Some(Ok(s)) = stored
-                .get(name)
-                .map(|s| serde_json::from_str::<StoredDeployment>(s))
-            {
+            if let Some(Ok(s)) = &parsed {
                 keep_slices(&mut state, &s.state);
             }
             crate::traffic::assign_slices(&mut state.challengers);
@@ -750,8 +746,7 @@ impl Gateway {
         let mut users = Vec::new();
         for d in self.deployments.values() {
             let state = d.state();
-            let members = std::iter::once(state.champion.clone())
-                .chain(state.challengers.iter().map(ChallengerConfig::model_ref));
+            let members = state.members();
             for r in members.filter(|r| r.model == name) {
                 users.push(format!("{r} serves deployment '{}'", d.name));
             }

@@ -34,8 +34,8 @@ impl Deployment {
     /// The counters of every member of the current state, champion first.
     fn members_stats(&self) -> Vec<(ModelRef, Arc<MemberStats>)> {
         let state = self.state();
-        std::iter::once(state.champion.clone())
-            .chain(state.challengers.iter().map(|c| c.model_ref()))
+        state
+            .members()
             .map(|r| {
                 let s = self.member_stats(&r);
                 (r, s)
@@ -46,9 +46,7 @@ impl Deployment {
     /// Forgets the counters of models that are no longer members of `state`.
     pub(super) fn retain_member_stats(&self, state: &DeploymentConfig) {
         let mut map = self.member_stats.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|r, _| {
-            &state.champion == r || state.challengers.iter().any(|c| &c.model_ref() == r)
-        });
+        map.retain(|r, _| state.has_member(r));
     }
 }
 
@@ -67,9 +65,7 @@ pub(super) fn restore(
             model: row.model,
             version: row.version,
         };
-        let state = d.state();
-        let member = state.champion == r || state.challengers.iter().any(|c| c.model_ref() == r);
-        if !member {
+        if !d.state().has_member(&r) {
             continue;
         }
         let latency: Vec<(u64, u64)> = match row.latency.as_deref().map(serde_json::from_str) {

@@ -81,7 +81,8 @@ pub fn load_model(
 ) -> Result<LoadedModel, LoadError> {
     let started = Instant::now();
     // The `[runtime]` table of model.toml, bounded as the gateway's own
-    // settings are (a version dropped in at run time is checked here too).
+    // settings are (a version dropped in at run time is checked here too);
+    // the other layers of `settings` were checked with the configuration.
     crate::config::check_settings(
         "model.toml runtime",
         &entry
@@ -89,7 +90,6 @@ pub fn load_model(
             .runtime
             .resolve(&Default::default(), &ModelDefaults::default()),
     )
-    .and_then(|()| crate::config::check_settings("runtime settings", &settings))
     .map_err(|e| LoadError::Settings(format!("{}: {}", e.key, e.reason)))?;
     let engine = EngineSettings {
         instances: settings.instances,

@@ -712,7 +712,7 @@ impl MetricsState {
                 sq_sum,
                 non_finite,
             } => MetricsSnapshot {
-                labelled: n.saturating_add(*non_finite),
+                labelled: self.labelled(),
                 non_finite: *non_finite,
                 mae: mean(*abs_sum, *n),
                 rmse: mean(*sq_sum, *n).map(f64::sqrt),

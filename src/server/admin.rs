@@ -217,8 +217,7 @@ fn removal_note(uri: &http::Uri, body: &[u8]) -> Result<ChangeNote, ApiError> {
                 "give 'by' and 'reason' in the query or in the body, not both",
             ));
         }
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid(format!("malformed removal: {e}")))?
+        note_body(body, "removal")?
     };
     Ok(ChangeNote {
         by: note.by.filter(|s| !s.is_empty()),
@@ -254,11 +253,12 @@ struct PromoteBody {
     reason: Option<String>,
 }
 
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RollbackBody {
-    by: Option<String>,
-    reason: Option<String>,
+/// A body `{"by"?, "reason"?}` (blank: neither), for the change `what`.
+fn note_body(body: &[u8], what: &str) -> Result<ChangeNote, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ChangeNote::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed {what}: {e}")))
 }
 
 pub async fn promote(
@@ -323,12 +323,7 @@ pub async fn rollback(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let d = find(&s.gateway, &name)?;
-    let b: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RollbackBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("malformed rollback: {e}")))?
-    };
+    let b = note_body(&body, "rollback")?;
     let reason = b.reason.unwrap_or_else(|| "rolled back by hand".into());
     s.gateway
         .rollback(&name, Trigger::Person(b.by), reason, None)

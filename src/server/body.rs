@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::config::ServerConfig;
 use crate::protocol::rest::HEADER_CONTENT_LENGTH;
 use crate::protocol::{ApiError, ErrorKind};
 
@@ -47,16 +48,18 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-/// Reads the whole body within `timeout`, refusing more than `limit` bytes,
-/// and inflates a gzip or deflate body (`Content-Encoding`, as
-/// `tritonclient`'s `request_compression_algorithm` sends it); `limit` holds
-/// for the compressed body and again for the inflated one.
+/// Reads the whole body within `server.body_read_timeout_secs`, refusing
+/// more than `server.max_body_bytes`, and inflates a gzip or deflate body
+/// (`Content-Encoding`, as `tritonclient`'s `request_compression_algorithm`
+/// sends it); the limit holds for the compressed body and again for the
+/// inflated one.
 pub async fn read(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
-    timeout: std::time::Duration,
+    server: &ServerConfig,
 ) -> Result<Bytes, ApiError> {
+    let limit = server.max_body_bytes;
+    let timeout = std::time::Duration::from_secs(server.body_read_timeout_secs);
     let encoding = encoding(headers)?;
     if let Some(len) = headers
         .get(http::header::CONTENT_LENGTH)

@@ -55,14 +55,7 @@ pub async fn feedback(
             "unknown deployment '{name}' (feedback goes to a deployment)"
         ))
     })?;
-    let server = &g.config().server;
-    let bytes = body::read(
-        &headers,
-        body,
-        server.max_body_bytes,
-        std::time::Duration::from_secs(server.body_read_timeout_secs),
-    )
-    .await?;
+    let bytes = body::read(&headers, body, &g.config().server).await?;
     let doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
     let (single, raw) = match doc {

@@ -73,14 +73,7 @@ async fn prepare(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Prepared, ApiError> {
-    let server = &s.gateway.config().server;
-    let bytes = body::read(
-        headers,
-        body,
-        server.max_body_bytes,
-        Duration::from_secs(server.body_read_timeout_secs),
-    )
-    .await?;
+    let bytes = body::read(headers, body, &s.gateway.config().server).await?;
     let json_len = body::json_header_length(headers)?;
     let decode_started = Instant::now();
     let request = rest::decode_request(&bytes, json_len)?;
@@ -113,8 +106,8 @@ async fn prepare(
 /// new UUIDv7 (which also dates the request for feedback's retention check).
 /// An id with a control character is refused: it could not be echoed in the
 /// `x-request-id` header, and no application means one.
-fn request_id(p: &Prepared, headers: &HeaderMap) -> Result<String, ApiError> {
-    let id = p.id.clone().or_else(|| {
+fn request_id(p: &mut Prepared, headers: &HeaderMap) -> Result<String, ApiError> {
+    let id = p.id.take().or_else(|| {
         headers
             .get(REQUEST_ID_HEADER)
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
@@ -142,9 +135,9 @@ async fn infer_model(
         Err(e) => return e.into_response(),
     };
     let result = async {
-        let p = prepare(s, &model, headers, body).await?;
+        let mut p = prepare(s, &model, headers, body).await?;
         check_outputs(model.name(), &p.requested, model.model().outputs())?;
-        let id = request_id(&p, headers)?;
+        let id = request_id(&mut p, headers)?;
         let (outputs, mut timings) = model
             .runner
             .run(p.inputs, p.rows)
@@ -182,11 +175,11 @@ async fn infer_deployment(
     started: Instant,
 ) -> Response {
     let champion = &live.champion;
-    let p = match prepare(s, &champion.model, headers, body).await {
+    let mut p = match prepare(s, &champion.model, headers, body).await {
         Ok(p) => p,
         Err(e) => return failed(&champion.model, e, started),
     };
-    let id = match request_id(&p, headers) {
+    let id = match request_id(&mut p, headers) {
         Ok(id) => id,
         Err(e) => return failed(&champion.model, e, started),
     };
@@ -529,14 +522,7 @@ fn respond(
     request_headers: &HeaderMap,
 ) -> Response {
     let encode_started = Instant::now();
-    let mut outputs = select_outputs(outputs, requested);
-    for r in requested {
-        if let Some(k) = r.classification
-            && let Some(t) = outputs.iter_mut().find(|t| t.name == r.name)
-        {
-            *t = classification::top_classes(t, k, &model.entry.metadata.labels);
-        }
-    }
+    let outputs = select_outputs(outputs, requested, &model.entry.metadata.labels);
     let response = InferResponse {
         model_name: model.name().to_owned(),
         model_version: model.version_label.clone(),
@@ -606,8 +592,14 @@ fn request_id_header(id: String) -> Option<HeaderValue> {
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static(REQUEST_ID_HEADER);
 const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
-/// Keeps the requested outputs, in the order requested (all when none were named).
-fn select_outputs(outputs: Vec<Tensor>, requested: &[RequestedOutput]) -> Vec<Tensor> {
+/// Keeps the requested outputs, in the order requested (all when none were
+/// named), each as its top classes when asked for them (`classification`;
+/// `labels` are the model's class names).
+fn select_outputs(
+    outputs: Vec<Tensor>,
+    requested: &[RequestedOutput],
+    labels: &[String],
+) -> Vec<Tensor> {
     if requested.is_empty() {
         return outputs;
     }
@@ -615,10 +607,14 @@ fn select_outputs(outputs: Vec<Tensor>, requested: &[RequestedOutput]) -> Vec<Te
     requested
         .iter()
         .filter_map(|r| {
-            outputs
+            let t = outputs
                 .iter_mut()
                 .find(|o| o.as_ref().is_some_and(|t| t.name == r.name))?
-                .take()
+                .take()?;
+            Some(match r.classification {
+                Some(k) => classification::top_classes(&t, k, labels),
+                None => t,
+            })
         })
         .collect()
 }

@@ -88,15 +88,8 @@ pub(super) fn resolve(
         return Err(unknown(name));
     };
     let v = parse_version(version)?;
-    let champion_model: String;
-    let model = if g.repository().contains_model(name) {
-        name
-    } else if let Some(d) = g.deployment(name) {
-        champion_model = d.state().champion.model;
-        champion_model.as_str()
-    } else {
-        return Err(unknown(name));
-    };
+    let model = versioned_model(g, name).ok_or_else(|| unknown(name))?;
+    let model = model.as_str();
     match g.state(model, v) {
         Some(ModelState::Ready(m)) => Ok((Target::Model(model.to_owned()), m)),
         Some(ModelState::Loading) => Err(ApiError::unavailable(format!(
@@ -109,6 +102,17 @@ pub(super) fn resolve(
             "model '{model}' has no version {v} (versions: {:?})",
             g.repository().versions(model)
         ))),
+    }
+}
+
+/// The repository model `/v2/models/{name}/versions/{v}` addresses: `name`
+/// itself when the repository has it, else the champion's model of
+/// deployment `name`.
+fn versioned_model(g: &Gateway, name: &str) -> Option<String> {
+    if g.repository().contains_model(name) {
+        Some(name.to_owned())
+    } else {
+        g.deployment(name).map(|d| d.state().champion.model)
     }
 }
 
@@ -136,14 +140,10 @@ fn metadata(g: &Gateway, name: &str, version: Option<&str>) -> Result<Json<Value
         // The versions `/v2/models/{name}/versions/{v}` serves: the
         // repository model of that name, else the champion's model.
         (Target::Deployment(d), _) => {
-            let model = if g.repository().contains_model(d) {
-                d.as_str()
-            } else {
-                m.name()
-            };
+            let model = versioned_model(g, d).unwrap_or_else(|| m.name().to_owned());
             let mut versions: Vec<String> = g
                 .repository()
-                .versions(model)
+                .versions(&model)
                 .iter()
                 .map(u64::to_string)
                 .collect();
@@ -224,22 +224,19 @@ fn config_impl(g: &Gateway, name: &str, version: Option<&str>) -> Result<Json<Va
             .iter()
             .map(|s| {
                 let dims = if batched { &s.shape[1..] } else { &s.shape[..] };
+                let mut t = json!({
+                    "name": s.name,
+                    "data_type": s.datatype.triton_config_name(),
+                    "dims": dims.iter().map(i64::to_string).collect::<Vec<_>>(),
+                });
                 if dims.is_empty() {
                     // One value per row: Triton's own configuration for such
                     // a tensor is dims [1] reshaped to a scalar (tools such as
                     // model_analyzer refuse empty dims).
-                    return json!({
-                        "name": s.name,
-                        "data_type": s.datatype.triton_config_name(),
-                        "dims": ["1"],
-                        "reshape": { "shape": [] },
-                    });
+                    t["dims"] = json!(["1"]);
+                    t["reshape"] = json!({ "shape": [] });
                 }
-                json!({
-                    "name": s.name,
-                    "data_type": s.datatype.triton_config_name(),
-                    "dims": dims.iter().map(i64::to_string).collect::<Vec<_>>(),
-                })
+                t
             })
             .collect()
     };
@@ -365,15 +362,7 @@ pub async fn repository_load(
     V2Path(name): V2Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    load_request(&body)?;
-    let versions = s
-        .gateway
-        .load_repository_model(&name)
-        .await
-        .map_err(super::admin::change_error)?;
-    Ok(Json(
-        json!({ "name": name, "versions": versions_json(&versions), "state": "READY" }),
-    ))
+    repository_change(&s.gateway, &name, &body, true).await
 }
 
 /// `POST /v2/repository/models/{name}/unload`: frees the loaded versions of
@@ -383,19 +372,30 @@ pub async fn repository_unload(
     V2Path(name): V2Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    load_request(&body)?;
-    let versions = s
-        .gateway
-        .unload_repository_model(&name)
-        .await
-        .map_err(super::admin::change_error)?;
-    Ok(Json(
-        json!({ "name": name, "versions": versions_json(&versions), "state": "UNAVAILABLE" }),
-    ))
+    repository_change(&s.gateway, &name, &body, false).await
 }
 
-fn versions_json(versions: &[u64]) -> Vec<String> {
-    versions.iter().map(u64::to_string).collect()
+/// Loads (`load`) or unloads model `name`; the versions changed and their state.
+async fn repository_change(
+    g: &Gateway,
+    name: &str,
+    body: &Bytes,
+    load: bool,
+) -> Result<Json<Value>, ApiError> {
+    load_request(body)?;
+    let (changed, state) = if load {
+        (g.load_repository_model(name).await, "READY")
+    } else {
+        (g.unload_repository_model(name).await, "UNAVAILABLE")
+    };
+    let versions: Vec<String> = changed
+        .map_err(super::admin::change_error)?
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    Ok(Json(
+        json!({ "name": name, "versions": versions, "state": state }),
+    ))
 }
 
 pub async fn repository_index(State(s): Shared, body: Bytes) -> Result<Json<Value>, ApiError> {

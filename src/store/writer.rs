@@ -1460,7 +1460,10 @@ impl Writer {
                         let Some(outcome) = prediction.outcome(&label) else {
                             continue;
                         };
-                        joined.push(format!("{model}@{version}"));
+                        // Named only in the note of a label whose served row is gone.
+                        if !served {
+                            joined.push(format!("{model}@{version}"));
+                        }
                         let k: ModelKey = (model.clone(), version);
                         match role {
                             Some(Role::Champion) => champion = Some((k, outcome.clone())),
